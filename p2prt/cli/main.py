@@ -1,0 +1,63 @@
+"""``p2prt`` command line: argument parsing, logging set-up, and dispatch.
+
+Each sub-command lives in its own module with ``register(subparsers)`` and a handler
+that returns an exit code. Errors from :mod:`p2prt.errors` are printed as one line
+(``p2prt: error: ...``) with exit code 1; ``-v`` shows the traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from collections.abc import Sequence
+
+from .. import __version__
+from ..errors import P2prtError
+from . import keys
+
+_COMMANDS = (keys,)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="p2prt",
+        description="Pool idle computers into one encrypted peer-to-peer compute cluster.",
+        epilog="Examples:\n  p2prt keygen\n  p2prt id",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--version", action="version", version=f"p2prt {__version__}")
+    parser.add_argument("-v", "--verbose", action="count", default=0, help="more output (-vv for debug)")
+    parser.add_argument("-q", "--quiet", action="store_true", help="only errors")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for module in _COMMANDS:
+        module.register(sub)
+    return parser
+
+
+def _setup_logging(verbose: int, quiet: bool) -> None:
+    level = logging.ERROR if quiet else (logging.WARNING, logging.INFO, logging.DEBUG)[min(verbose, 2)]
+    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    _setup_logging(args.verbose, args.quiet)
+    if not getattr(args, "handler", None):
+        parser.print_help()
+        return 2
+    try:
+        code: int = args.handler(args)
+        return code
+    except P2prtError as exc:
+        if args.verbose:
+            raise
+        print(f"p2prt: error: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+
+
+def run() -> None:
+    sys.exit(main())

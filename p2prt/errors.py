@@ -1,0 +1,251 @@
+"""The one exception tree of p2prt.
+
+Every error p2prt raises on purpose is a :class:`P2prtError`. Errors from trio and the
+operating system are mapped to this tree once, at the transport boundary
+(:mod:`p2prt.transport._errors`), so users never see a bare ``trio`` or ``OSError``::
+
+    P2prtError
+    ├── ConfigError                     a setting or file is wrong
+    ├── IdentityError                   SSH keys and certificates on this machine
+    │   ├── KeyNotFoundError            no key where we looked (says where)
+    │   ├── KeyLoadError                unreadable key, unsupported type, wrong passphrase
+    │   └── KeyExistsError              keygen refuses to overwrite
+    ├── ProtocolError                   the peer sent something that breaks the protocol
+    │   ├── FrameTooLargeError          a frame header announces more than the limit
+    │   ├── TruncatedFrameError         the stream ended in the middle of a frame
+    │   ├── MalformedFrameError         a frame that is not valid CBOR
+    │   ├── UnknownMessageTypeError     a message type this side does not know
+    │   ├── InvalidMessageError         a known type with a missing or ill-typed field
+    │   ├── DecryptionError             a Noise message failed authentication (tampered)
+    │   └── HandshakeError              the Noise handshake failed
+    │       ├── CertificateError        the peer's node certificate is not acceptable
+    │       │   ├── BadCertificateSignatureError
+    │       │   ├── CertificateExpiredError
+    │       │   └── CertificateKeyMismatchError   names another static key
+    │       ├── PeerIdMismatchError     not the peer we meant to reach
+    │       └── VersionMismatchError    incompatible wire protocol version
+    ├── AuthenticationError             the other side refused who we are
+    │   ├── ConnectionRejectedError     the responder refused us, with its reason
+    │   └── BoardKeyChangedError        a known board presents another key
+    ├── TransportError                  the connection itself
+    │   ├── ConnectError                could not connect (refused, unreachable, timeout)
+    │   ├── ConnectionLostError         the connection broke (reset, EOF while expected)
+    │   └── ConnectionClosedError       used after close, or closed cleanly by the peer
+    └── BoardError                      the board's accounts and clusters refuse a request
+        ├── InvalidNameError            a user or cluster name breaks the rule (says it)
+        ├── UnknownUserError            no such user (names every unknown one)
+        ├── UserExistsError             the user name is taken
+        ├── KeyInUseError               the SSH key belongs to another user (names them)
+        ├── UnknownKeyError             the user has no key with that fingerprint
+        ├── UnknownClusterError         no such cluster
+        ├── ClusterExistsError          the cluster exists (``owner/personal`` always does)
+        ├── NotClusterOwnerError        only the cluster's owner may change it
+        ├── ClusterRuleError            personal clusters cannot be shared or deleted;
+        │                               an owner cannot be removed from their cluster
+        └── BoardStoreError             the board's database cannot be used
+                                        (busy too long, corrupt, newer schema, closed)
+
+Protocol errors carry what was wrong in their message, for example
+``InvalidMessageError("Ping.nonce: expected int, got str")``.
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "P2prtError",
+    "ConfigError",
+    "IdentityError",
+    "KeyNotFoundError",
+    "KeyLoadError",
+    "KeyExistsError",
+    "ProtocolError",
+    "FrameTooLargeError",
+    "TruncatedFrameError",
+    "MalformedFrameError",
+    "UnknownMessageTypeError",
+    "InvalidMessageError",
+    "DecryptionError",
+    "HandshakeError",
+    "CertificateError",
+    "BadCertificateSignatureError",
+    "CertificateExpiredError",
+    "CertificateKeyMismatchError",
+    "PeerIdMismatchError",
+    "VersionMismatchError",
+    "AuthenticationError",
+    "ConnectionRejectedError",
+    "BoardKeyChangedError",
+    "TransportError",
+    "ConnectError",
+    "ConnectionLostError",
+    "ConnectionClosedError",
+    "BoardError",
+    "InvalidNameError",
+    "UnknownUserError",
+    "UserExistsError",
+    "KeyInUseError",
+    "UnknownKeyError",
+    "UnknownClusterError",
+    "ClusterExistsError",
+    "NotClusterOwnerError",
+    "ClusterRuleError",
+    "BoardStoreError",
+]
+
+
+class P2prtError(Exception):
+    """Base class of every error p2prt raises on purpose."""
+
+
+class ConfigError(P2prtError):
+    """A setting, flag or configuration file is invalid."""
+
+
+class IdentityError(P2prtError):
+    """A problem with this machine's keys or certificates."""
+
+
+class KeyNotFoundError(IdentityError):
+    """No SSH private key was found; the message lists the places searched."""
+
+
+class KeyLoadError(IdentityError):
+    """A key file exists but cannot be used (format, type, passphrase)."""
+
+
+class KeyExistsError(IdentityError):
+    """``p2prt keygen`` refuses to overwrite an existing key."""
+
+
+class ProtocolError(P2prtError):
+    """The peer sent bytes or messages that violate the p2prt protocol."""
+
+
+class FrameTooLargeError(ProtocolError):
+    """A frame announces a size above the configured maximum."""
+
+
+class TruncatedFrameError(ProtocolError):
+    """The stream ended in the middle of a frame or Noise message."""
+
+
+class MalformedFrameError(ProtocolError):
+    """A frame's body is not a well-formed CBOR message."""
+
+
+class UnknownMessageTypeError(ProtocolError):
+    """A message's type tag is not one this side knows."""
+
+
+class InvalidMessageError(ProtocolError):
+    """A message of a known type has a missing, extra or ill-typed field."""
+
+
+class DecryptionError(ProtocolError):
+    """A Noise message failed authentication: it was tampered with or corrupted."""
+
+
+class HandshakeError(ProtocolError):
+    """The Noise handshake could not be completed."""
+
+
+class CertificateError(HandshakeError):
+    """The peer's node certificate is not acceptable."""
+
+
+class BadCertificateSignatureError(CertificateError):
+    """The certificate's signature does not verify with the SSH key it names."""
+
+
+class CertificateExpiredError(CertificateError):
+    """The certificate's validity has ended (or has not begun)."""
+
+
+class CertificateKeyMismatchError(CertificateError):
+    """The certificate names another Noise static key than the one used in the handshake."""
+
+
+class PeerIdMismatchError(HandshakeError):
+    """The peer authenticated, but is not the peer the caller meant to reach."""
+
+
+class VersionMismatchError(HandshakeError):
+    """The peer speaks an incompatible version of the p2prt wire protocol."""
+
+
+class AuthenticationError(P2prtError):
+    """The other side does not accept who we are, or we do not accept who it is."""
+
+
+class ConnectionRejectedError(AuthenticationError):
+    """The responder completed the handshake and then refused us; ``reason`` says why."""
+
+    def __init__(self, reason: str, code: str = "rejected") -> None:
+        super().__init__(reason)
+        self.reason = reason
+        self.code = code
+
+
+class BoardKeyChangedError(AuthenticationError):
+    """A board we pinned earlier now presents a different identity key."""
+
+
+class TransportError(P2prtError):
+    """The connection itself failed."""
+
+
+class ConnectError(TransportError):
+    """A connection could not be opened."""
+
+
+class ConnectionLostError(TransportError):
+    """An open connection broke (reset by peer, or ended when more was expected)."""
+
+
+class ConnectionClosedError(TransportError):
+    """The connection was closed: by us (and then used), or cleanly by the peer."""
+
+
+class BoardError(P2prtError):
+    """The board's accounts and clusters refuse a request; the message says why."""
+
+
+class InvalidNameError(BoardError):
+    """A user or cluster name does not follow the naming rule, which the message states."""
+
+
+class UnknownUserError(BoardError):
+    """No account has this name; the message names every unknown user."""
+
+
+class UserExistsError(BoardError):
+    """An account with this name exists already."""
+
+
+class KeyInUseError(BoardError):
+    """The SSH key already belongs to another user, whom the message names."""
+
+
+class UnknownKeyError(BoardError):
+    """The user has no key with this fingerprint."""
+
+
+class UnknownClusterError(BoardError):
+    """No cluster has this ``owner/name``."""
+
+
+class ClusterExistsError(BoardError):
+    """The cluster exists already (``owner/personal`` exists implicitly for every user)."""
+
+
+class NotClusterOwnerError(BoardError):
+    """Only the owner of a cluster may delete it or change its members."""
+
+
+class ClusterRuleError(BoardError):
+    """The change breaks a cluster rule: ``owner/personal`` cannot be deleted or shared,
+    and an owner cannot be removed from their own cluster."""
+
+
+class BoardStoreError(BoardError):
+    """The board's database cannot be used: busy too long, corrupt, newer schema, closed."""

@@ -1,0 +1,254 @@
+"""Typed, validated messages and their CBOR encoding.
+
+A message type is a frozen dataclass declared with :func:`message`; nested structures
+are dataclasses declared with :func:`record`. Fields are typed with a small vocabulary —
+``int``, ``float``, ``str``, ``bytes``, ``bool``, ``Any`` (plain CBOR data), ``X | None``,
+``list[X]``, ``dict[str, X]`` and records — and every instance is checked in
+``__post_init__``, whether built locally or decoded from the wire.
+
+On the wire a message is the CBOR array ``[tag, field1, field2, ...]``; a record is the
+array of its fields. Trailing fields with defaults may be omitted, so a field added
+later with a default stays compatible. Anything else — unknown tag, wrong arity, wrong
+type, invalid CBOR — raises a :class:`~p2prt.errors.ProtocolError` subclass naming the
+message and field.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from collections.abc import Callable
+from typing import Any, ClassVar, TypeVar
+
+import cbor2
+
+from ..errors import InvalidMessageError, MalformedFrameError, UnknownMessageTypeError
+
+__all__ = [
+    "Record",
+    "Message",
+    "message",
+    "record",
+    "encode_message",
+    "decode_message",
+    "message_types",
+    "MAX_NESTING",
+]
+
+MAX_NESTING = 32
+"""Deepest nesting accepted inside an ``Any`` field."""
+
+_REGISTRY: dict[str, type["Message"]] = {}
+
+_Check = Callable[[Any, str], Any]  # (value, path) -> converted value; raises InvalidMessageError
+
+
+class Record:
+    """Base of wire structures: frozen dataclasses encoded as CBOR arrays."""
+
+    _fields: ClassVar[tuple[str, ...]]
+    _checks: ClassVar[tuple[_Check, ...]]
+    _required: ClassVar[int]
+    _nested: ClassVar[tuple[bool, ...]]
+
+    def __post_init__(self) -> None:
+        name = type(self).__name__
+        for fname, check in zip(self._fields, self._checks):
+            value = getattr(self, fname)
+            converted = check(value, f"{name}.{fname}")
+            if converted is not value:
+                object.__setattr__(self, fname, converted)
+
+    def to_wire(self) -> list[Any]:
+        return [_to_wire(getattr(self, f)) if n else getattr(self, f) for f, n in zip(self._fields, self._nested)]
+
+    @classmethod
+    def from_wire(cls, items: Any, path: str | None = None) -> Any:
+        where = path or cls.__name__
+        if not isinstance(items, list):
+            raise InvalidMessageError(f"{where}: expected an array, got {_tname(items)}")
+        if not cls._required <= len(items) <= len(cls._fields):
+            raise InvalidMessageError(
+                f"{where}: expected {cls._required}..{len(cls._fields)} fields, got {len(items)}"
+            )
+        return cls(*items)
+
+
+class Message(Record):
+    """Base of top-level messages: a record with a type tag."""
+
+    TAG: ClassVar[str]
+
+    def to_wire(self) -> list[Any]:
+        return [self.TAG, *super().to_wire()]
+
+
+def _to_wire(value: Any) -> Any:
+    if isinstance(value, Record):
+        return value.to_wire()
+    if isinstance(value, list):
+        return [_to_wire(v) for v in value]
+    if isinstance(value, dict):
+        return {k: _to_wire(v) for k, v in value.items()}
+    return value
+
+
+def _tname(value: Any) -> str:
+    return type(value).__name__
+
+
+def _plain(value: Any, path: str, depth: int = 0) -> Any:
+    if depth > MAX_NESTING:
+        raise InvalidMessageError(f"{path}: nested deeper than {MAX_NESTING}")
+    if value is None or isinstance(value, (bool, int, float, str, bytes)):
+        return value
+    if isinstance(value, list):
+        for v in value:
+            _plain(v, path, depth + 1)
+        return value
+    if isinstance(value, dict):
+        for k, v in value.items():
+            if not isinstance(k, (str, int)):
+                raise InvalidMessageError(f"{path}: map keys must be str or int, got {_tname(k)}")
+            _plain(v, path, depth + 1)
+        return value
+    raise InvalidMessageError(f"{path}: {_tname(value)} is not plain CBOR data")
+
+
+def _scalar(kind: type) -> _Check:
+    def check(value: Any, path: str) -> Any:
+        if type(value) is kind:
+            return value
+        if kind is float and type(value) is int:
+            return float(value)
+        if kind is bytes and isinstance(value, (bytearray, memoryview)):
+            return bytes(value)
+        if kind is int and type(value) is not bool and isinstance(value, int):
+            return int(value)
+        if kind is str and isinstance(value, str):
+            return str(value)
+        raise InvalidMessageError(f"{path}: expected {kind.__name__}, got {_tname(value)}")
+
+    return check
+
+
+def _compile(tp: Any) -> tuple[_Check, bool]:
+    """A checker for type ``tp`` and whether values need conversion on encode."""
+    if tp in (int, float, str, bytes, bool):
+        return _scalar(tp), False
+    if tp is Any:
+        return _plain, False
+    if isinstance(tp, type) and issubclass(tp, Record) and not issubclass(tp, Message):
+        rec = tp
+
+        def check_record(value: Any, path: str) -> Any:
+            if isinstance(value, rec):
+                return value
+            return rec.from_wire(value, path)
+
+        return check_record, True
+    origin = typing.get_origin(tp)
+    args = typing.get_args(tp)
+    if origin in (typing.Union, types.UnionType) and len(args) == 2 and type(None) in args:
+        inner, nested = _compile(next(a for a in args if a is not type(None)))
+
+        def check_optional(value: Any, path: str) -> Any:
+            return None if value is None else inner(value, path)
+
+        return check_optional, nested
+    if origin is list and len(args) == 1:
+        item, nested = _compile(args[0])
+
+        def check_list(value: Any, path: str) -> Any:
+            if not isinstance(value, list):
+                raise InvalidMessageError(f"{path}: expected array, got {_tname(value)}")
+            out = [item(v, f"{path}[{i}]") for i, v in enumerate(value)]
+            return value if all(a is b for a, b in zip(out, value)) else out
+
+        return check_list, nested
+    if origin is dict and len(args) == 2 and args[0] is str:
+        val, nested = _compile(args[1])
+
+        def check_dict(value: Any, path: str) -> Any:
+            if not isinstance(value, dict):
+                raise InvalidMessageError(f"{path}: expected map, got {_tname(value)}")
+            out = {}
+            for k, v in value.items():
+                if not isinstance(k, str):
+                    raise InvalidMessageError(f"{path}: map keys must be str, got {_tname(k)}")
+                out[k] = val(v, f"{path}[{k!r}]")
+            return value if all(out[k] is value[k] for k in value) else out
+
+        return check_dict, nested
+    raise TypeError(f"unsupported field type {tp!r} in a wire message")
+
+
+_R = TypeVar("_R", bound=type)
+
+
+def record(cls: _R) -> _R:
+    """Class decorator: make ``cls`` (a :class:`Record` subclass) a checked frozen dataclass."""
+    dc = dataclasses.dataclass(frozen=True, slots=True)(cls)
+    hints = typing.get_type_hints(dc)
+    fields = dataclasses.fields(dc)
+    compiled = [_compile(hints[f.name]) for f in fields]
+    dc._fields = tuple(f.name for f in fields)
+    dc._checks = tuple(c for c, _ in compiled)
+    dc._nested = tuple(n for _, n in compiled)
+    dc._required = sum(
+        1 for f in fields if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
+    )
+    return dc
+
+
+def message(tag: str) -> Callable[[_R], _R]:
+    """Class decorator: register a :class:`Message` subclass under ``tag``."""
+
+    def wrap(cls: _R) -> _R:
+        if tag in _REGISTRY:
+            raise ValueError(f"message tag {tag!r} is already used by {_REGISTRY[tag].__name__}")
+        cls.TAG = tag  # type: ignore[attr-defined]
+        dc = record(cls)
+        _REGISTRY[tag] = dc  # type: ignore[assignment]
+        return dc
+
+    return wrap
+
+
+def message_types() -> dict[str, type[Message]]:
+    """Every registered message type by tag (a copy)."""
+    return dict(_REGISTRY)
+
+
+def encode_message(msg: Message) -> bytes:
+    """CBOR bytes of ``msg`` (no frame header)."""
+    return cbor2.dumps(msg.to_wire())
+
+
+def _reject_tag(decoder: Any, tag: Any) -> Any:
+    raise MalformedFrameError(f"CBOR tag {tag.tag} is not allowed in p2prt messages")
+
+
+def decode_message(data: bytes | bytearray | memoryview) -> Message:
+    """Decode and validate one message; only :class:`ProtocolError` subclasses escape."""
+    try:
+        obj = cbor2.loads(data, tag_hook=_reject_tag)
+    except MalformedFrameError:
+        raise
+    except Exception as exc:  # cbor2 raises many types on hostile input
+        raise MalformedFrameError(f"frame is not valid CBOR: {exc}") from None
+    if not isinstance(obj, list) or not obj:
+        raise MalformedFrameError(f"a message is a non-empty CBOR array, got {_tname(obj)}")
+    tag = obj[0]
+    cls = _REGISTRY.get(tag) if isinstance(tag, str) else None
+    if cls is None:
+        shown = repr(tag)[:40]
+        raise UnknownMessageTypeError(f"unknown message type {shown}")
+    try:
+        result: Message = cls.from_wire(obj[1:])
+    except (InvalidMessageError, MalformedFrameError):
+        raise
+    except RecursionError:
+        raise InvalidMessageError(f"{cls.__name__}: nested too deeply") from None
+    return result
