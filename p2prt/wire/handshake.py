@@ -233,7 +233,7 @@ class NoiseHandshake:
         if self.initiator and s is HandshakeState.SENT_1:
             self.peer = self._read_hello(frame, 2)
             msg3 = bytes(self._noise.write_message(encode_message(self._hello())))
-            self._take_ciphers()
+            self._take_ciphers()  # writing message 3 finished the handshake
             self.state = HandshakeState.SENT_3
             return encode_frame(msg3, NOISE_HEADER)
         if self.initiator and s is HandshakeState.SENT_3:
@@ -256,7 +256,6 @@ class NoiseHandshake:
             return encode_frame(bytes(self._noise.write_message(encode_message(self._hello()))), NOISE_HEADER)
         if not self.initiator and s is HandshakeState.SENT_2:
             self.peer = self._read_hello(frame, 3)
-            self._take_ciphers()
             self.state = HandshakeState.DECIDING
             return b""
         raise HandshakeError(f"unexpected handshake message in state {s.value}")
@@ -271,6 +270,9 @@ class NoiseHandshake:
             raise DecryptionError(f"handshake message {number} failed authentication (tampered or corrupted)") from exc
         except ValueError as exc:
             raise HandshakeError(f"invalid handshake message {number}: {exc}") from None
+        if self._noise.handshake_finished:
+            # Keys exist from here on, so even a refusal below can be sent encrypted.
+            self._take_ciphers()
         try:
             hello = decode_message(payload)
         except ProtocolError as exc:

@@ -1,0 +1,129 @@
+"""NoiseStream honours trio's Stream contract and carries bytes intact."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+import trio
+import trio.testing
+
+from p2prt.errors import DecryptionError, TruncatedFrameError
+from p2prt.transport import NoiseStream, noise_accept, noise_connect
+from p2prt.wire import MAX_PLAINTEXT
+
+from .conftest import make_identity
+
+pytestmark = pytest.mark.timeout(60)
+
+ALICE = make_identity("alice")
+BOB = make_identity("bob")
+
+
+async def _secure_pair(
+    left: trio.abc.Stream, right: trio.abc.Stream
+) -> tuple[NoiseStream, NoiseStream]:
+    out: dict[str, NoiseStream] = {}
+
+    async def accept() -> None:
+        out["r"] = await noise_accept(right, BOB)
+
+    async with trio.open_nursery() as n:
+        n.start_soon(accept)
+        out["l"] = await noise_connect(left, ALICE)
+    return out["l"], out["r"]
+
+
+async def memory_pair() -> tuple[NoiseStream, NoiseStream]:
+    return await _secure_pair(*trio.testing.memory_stream_pair())
+
+
+async def lockstep_pair() -> tuple[NoiseStream, NoiseStream]:
+    return await _secure_pair(*trio.testing.lockstep_stream_pair())
+
+
+async def test_check_two_way_stream() -> None:
+    await trio.testing.check_two_way_stream(memory_pair, lockstep_pair)
+
+
+async def test_peers_identify_each_other() -> None:
+    a, b = await memory_pair()
+    assert a.peer.user == "bob" and b.peer.user == "alice"
+    assert a.peer.peer_id == BOB.peer_id and b.peer.peer_id == ALICE.peer_id
+    assert b.peer.fingerprint == ALICE.certificate.fingerprint
+
+
+@pytest.mark.parametrize("size", [0, 1, MAX_PLAINTEXT - 1, MAX_PLAINTEXT, MAX_PLAINTEXT + 1, 3 * MAX_PLAINTEXT + 17, 1 << 20])
+async def test_bytes_arrive_intact(size: int) -> None:
+    a, b = await memory_pair()
+    data = os.urandom(size)
+    got = bytearray()
+
+    async def receive() -> None:
+        while len(got) < size:
+            chunk = await b.receive_some(10_000)
+            assert 0 < len(chunk) <= 10_000
+            got.extend(chunk)
+
+    async with trio.open_nursery() as n:
+        n.start_soon(receive)
+        await a.send_all(data)
+        await a.send_all(memoryview(b"tail"))
+    assert bytes(got[:size]) == data
+    rest = got[size:]
+    while len(rest) < 4:
+        rest += await b.receive_some()
+    assert rest == b"tail"
+    assert a.bytes_sent == size + 4
+
+
+async def test_noise_messages_never_exceed_65535_bytes() -> None:
+    left, right = trio.testing.memory_stream_pair()
+    a, b = await _secure_pair(left, right)
+    data = os.urandom(5 * MAX_PLAINTEXT + 5)
+    seen: list[int] = []
+    buf = bytearray()
+    async with trio.open_nursery() as n:
+        n.start_soon(a.send_all, data)
+        # Read the raw ciphertext under b and parse the 2-byte Noise frame lengths.
+        while sum(length - 16 for length in seen) < len(data):
+            buf += await b.transport_stream.receive_some()
+            while len(buf) >= 2 and len(buf) >= 2 + (length := int.from_bytes(buf[:2], "big")):
+                seen.append(length)
+                del buf[: 2 + length]
+    assert seen[:5] == [65535] * 5
+    assert seen[5] == 5 + 16
+
+
+async def test_tampered_transport_message_raises_decryption_error() -> None:
+    left, right = trio.testing.memory_stream_pair()
+    a, b = await _secure_pair(left, right)
+    # Send a valid message, then corrupt one bit of the next one on the raw transport.
+    await a.send_all(b"first")
+    assert await b.receive_some() == b"first"
+    ct = a._send_cipher.encrypt(b"second")
+    tampered = bytearray(len(ct).to_bytes(2, "big") + ct)
+    tampered[5] ^= 0x10
+    await a.transport_stream.send_all(bytes(tampered))
+    with pytest.raises(DecryptionError):
+        await b.receive_some()
+    with pytest.raises(trio.BrokenResourceError):
+        await b.receive_some()
+
+
+async def test_truncated_noise_message_raises() -> None:
+    left, right = trio.testing.memory_stream_pair()
+    a, b = await _secure_pair(left, right)
+    ct = a._send_cipher.encrypt(b"will be cut")
+    await a.transport_stream.send_all((len(ct)).to_bytes(2, "big") + ct[:5])
+    await a.transport_stream.aclose()
+    with pytest.raises(TruncatedFrameError):
+        await b.receive_some()
+
+
+async def test_clean_eof_returns_empty() -> None:
+    a, b = await memory_pair()
+    await a.send_all(b"x")
+    await a.aclose()
+    assert await b.receive_some() == b"x"
+    assert await b.receive_some() == b""
