@@ -42,7 +42,11 @@ operating system are mapped to this tree once, at the transport boundary
         ├── NotClusterOwnerError        only the cluster's owner may change it
         ├── ClusterRuleError            personal clusters cannot be shared or deleted;
         │                               an owner cannot be removed from their cluster
-        └── BoardStoreError             the board's database cannot be used
+        ├── BoardStoreError             the board's database cannot be used
+        ├── NotMemberError              not a member of that cluster (or not its owner's key)
+        ├── NotRegisteredError          the key has no account yet (open policy: register)
+        ├── RegistrationClosedError     this board does not take self-registration
+        └── BoardRequestError           the board refused a request for another reason
                                         (busy too long, corrupt, newer schema, closed)
 
 Protocol errors carry what was wrong in their message, for example
@@ -90,6 +94,10 @@ __all__ = [
     "NotClusterOwnerError",
     "ClusterRuleError",
     "BoardStoreError",
+    "NotMemberError",
+    "NotRegisteredError",
+    "RegistrationClosedError",
+    "BoardRequestError",
 ]
 
 
@@ -249,3 +257,23 @@ class ClusterRuleError(BoardError):
 
 class BoardStoreError(BoardError):
     """The board's database cannot be used: busy too long, corrupt, newer schema, closed."""
+
+
+class NotMemberError(BoardError):
+    """The user is not a member of the cluster (``X/personal`` admits only X)."""
+
+
+class NotRegisteredError(BoardError):
+    """The session's key has no account on this board; under the open policy, register."""
+
+
+class RegistrationClosedError(BoardError):
+    """The board's registration policy is ``closed``: only its operator adds users."""
+
+
+class BoardRequestError(BoardError):
+    """The board refused a request for a reason without a more specific error class."""
+
+    def __init__(self, message: str, code: str = "error") -> None:
+        super().__init__(message)
+        self.code = code

@@ -14,9 +14,9 @@ from collections.abc import Sequence
 
 from .. import __version__
 from ..errors import P2prtError
-from . import keys
+from . import board, cluster, keys
 
-_COMMANDS = (keys,)
+_COMMANDS = (keys, board, cluster)
 
 
 def build_parser() -> argparse.ArgumentParser:

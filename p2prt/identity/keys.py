@@ -166,36 +166,47 @@ def load_private_key(
     if passphrase is None and PASSPHRASE_ENV in os.environ:
         passphrase = os.environ[PASSPHRASE_ENV].encode()
     try:
-        key = _load(data, passphrase)
-    except TypeError:
-        # Encrypted and no passphrase yet.
+        key = _load(data, passphrase, p)
+    except _NeedsPassphrase:
         if prompt is None:
             raise KeyLoadError(
                 f"key {p} is passphrase-protected: set {PASSPHRASE_ENV} or run interactively"
             ) from None
-        key = _load(data, prompt(f"Passphrase for {p}: ").encode(), path=p)
+        key = _load(data, prompt(f"Passphrase for {p}: ").encode(), p)
     return SshKey(key, comment=p.name)
 
 
-def _load(data: bytes, passphrase: bytes | None, path: Path | None = None) -> _PrivateKey:
-    loaders = (serialization.load_ssh_private_key, serialization.load_pem_private_key)
-    last: Exception | None = None
-    for loader in loaders:
+class _NeedsPassphrase(Exception):
+    pass
+
+
+def _load(data: bytes, passphrase: bytes | None, path: Path) -> _PrivateKey:
+    """Load with the one loader that fits the data's armour.
+
+    A passphrase given for an unencrypted key is ignored (the environment variable may be
+    meant for another key); an encrypted key without one raises :class:`_NeedsPassphrase`.
+    """
+    openssh = b"-----BEGIN OPENSSH PRIVATE KEY-----" in data
+    loader = serialization.load_ssh_private_key if openssh else serialization.load_pem_private_key
+    try:
         try:
             key = loader(data, password=passphrase)
         except TypeError:
-            raise  # encrypted without passphrase, or passphrase for a plain key
-        except (ValueError, UnsupportedAlgorithm) as exc:
-            last = exc
-            continue
-        if not isinstance(key, (ed25519.Ed25519PrivateKey, rsa.RSAPrivateKey, ec.EllipticCurvePrivateKey)):
-            raise KeyLoadError(f"unsupported private key type {type(key).__name__}")
-        return key
-    where = f" {path}" if path else ""
-    msg = str(last) if last else "unknown format"
-    if "password" in msg.lower() or "decrypt" in msg.lower() or "bcrypt" in msg.lower():
-        raise KeyLoadError(f"wrong passphrase for key{where}")
-    raise KeyLoadError(f"not an OpenSSH private key{where}: {msg}")
+            if passphrase is None:
+                raise _NeedsPassphrase() from None
+            key = loader(data, password=None)  # not encrypted after all
+    except UnsupportedAlgorithm as exc:
+        raise KeyLoadError(f"cannot use key {path}: {exc}") from None
+    except ValueError as exc:
+        if passphrase is not None and openssh:
+            raise KeyLoadError(f"wrong passphrase for key {path}") from None
+        if passphrase is not None and "decrypt" in str(exc).lower():
+            raise KeyLoadError(f"wrong passphrase for key {path}") from None
+        kind = "OpenSSH" if openssh else "PEM"
+        raise KeyLoadError(f"not a usable {kind} private key: {path} ({exc})") from None
+    if not isinstance(key, (ed25519.Ed25519PrivateKey, rsa.RSAPrivateKey, ec.EllipticCurvePrivateKey)):
+        raise KeyLoadError(f"unsupported private key type {type(key).__name__} in {path}")
+    return key
 
 
 def write_private_key(
@@ -215,8 +226,14 @@ def write_private_key(
         fd = os.open(p, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     except FileExistsError:
         raise KeyExistsError(f"{p} already exists; refusing to overwrite it") from None
+    try:
+        pem = key.private_bytes(passphrase)
+    except UnsupportedAlgorithm as exc:
+        os.close(fd)
+        p.unlink()
+        raise KeyLoadError(f"cannot write an encrypted key: {exc}") from None
     with os.fdopen(fd, "wb") as f:
-        f.write(key.private_bytes(passphrase))
+        f.write(pem)
     os.chmod(p, 0o600)
     comment = f" {key.comment}" if key.comment else ""
     pub.write_text(f"{key.public.line}{comment}\n")

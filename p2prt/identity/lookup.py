@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 
 from ..config import config_dir, load_user_config
-from ..errors import KeyNotFoundError
+from ..errors import KeyLoadError, KeyNotFoundError
 from .keys import SshKey, generate_ed25519, load_private_key, write_private_key
 
 __all__ = ["default_key_candidates", "find_key_path", "load_user_key", "keygen", "default_user_name"]
@@ -46,7 +46,8 @@ def find_key_path(explicit: str | os.PathLike[str] | None = None) -> Path:
 
 def _prompt(message: str) -> str:
     if not sys.stdin or not sys.stdin.isatty():
-        raise KeyNotFoundError("passphrase needed but no terminal; set P2PRT_KEY_PASSPHRASE")
+        raise KeyLoadError(f"{message.removeprefix('Passphrase for ').rstrip(': ')} is passphrase-protected "
+                           "and there is no terminal to ask on: set P2PRT_KEY_PASSPHRASE")
     return getpass.getpass(message)
 
 
@@ -56,7 +57,7 @@ def load_user_key(explicit: str | os.PathLike[str] | None = None) -> SshKey:
 
 
 def default_user_name() -> str:
-    """The user name to claim: config ``user``, else ``$P2PRT_USER``, else the login name."""
+    """The user name to claim: ``$P2PRT_USER``, else config ``user``, else the login name."""
     cfg = load_user_config()
     return os.environ.get("P2PRT_USER") or cfg.user or getpass.getuser()
 

@@ -10,7 +10,7 @@ import trio
 
 from ..errors import ConnectError, ConnectionClosedError, ConnectionLostError
 
-__all__ = ["map_exceptions", "map_connect_exceptions"]
+__all__ = ["map_exceptions", "map_connect_exceptions", "unwrap_single_group"]
 
 
 @contextlib.contextmanager
@@ -42,3 +42,18 @@ def map_connect_exceptions(host: str, port: int) -> Iterator[None]:
         raise ConnectError(f"cannot connect to {host}:{port}: {reason}") from exc
     except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
         raise ConnectError(f"connection to {host}:{port} closed during set-up") from exc
+
+
+@contextlib.contextmanager
+def unwrap_single_group() -> Iterator[None]:
+    """Re-raise a lone exception out of the ExceptionGroup a trio nursery wraps it in,
+    so callers of our context managers can ``except NotMemberError`` as usual."""
+    try:
+        yield
+    except BaseExceptionGroup as group:
+        inner = group
+        while isinstance(inner, BaseExceptionGroup) and len(inner.exceptions) == 1:
+            inner = inner.exceptions[0]
+        if inner is group:
+            raise
+        raise inner from None

@@ -1,0 +1,1 @@
+"""The message board: accounts, clusters, leases."""

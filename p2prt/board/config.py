@@ -1,0 +1,36 @@
+"""The board's settings, one frozen object."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from ..errors import ConfigError
+from .client import DEFAULT_BOARD_PORT
+from .scheduler import SchedulerConfig
+
+__all__ = ["BoardConfig", "REGISTRATION_POLICIES"]
+
+REGISTRATION_POLICIES = ("closed", "open")
+
+
+@dataclass(frozen=True)
+class BoardConfig:
+    """Everything ``p2prt board`` can be told; the defaults suit a small shared board."""
+
+    data_dir: Path
+    host: str = "127.0.0.1"
+    port: int = DEFAULT_BOARD_PORT
+    registration: str = "closed"
+    heartbeat_interval: float = 5.0
+    tick_interval: float = 0.5
+    handshake_timeout: float = 10.0
+    max_pending_handshakes: int = 1024
+    outbox_size: int = 10_000
+    scheduler: SchedulerConfig = field(default_factory=SchedulerConfig)
+
+    def __post_init__(self) -> None:
+        if self.registration not in REGISTRATION_POLICIES:
+            raise ConfigError(f"registration must be one of {', '.join(REGISTRATION_POLICIES)}")
+        if not 0 <= self.port < 65536:
+            raise ConfigError(f"bad port {self.port}")

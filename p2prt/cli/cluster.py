@@ -1,0 +1,142 @@
+"""User commands that talk to a board: register, cluster ..., status."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import trio
+
+from ..board.client import BoardClient, open_board_client, resolve_board_address
+from ..config import config_file, load_user_config
+from ..identity import NodeIdentity, default_user_name, load_user_key
+from ..wire import board as m
+
+
+def _common(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--board", help="board address HOST:PORT (else $P2PRT_BOARD, else config.toml)")
+    p.add_argument("--key", help="your SSH private key (default: see p2prt id)")
+    p.add_argument("--user", help="your account name on the board (default: config user, $P2PRT_USER, login)")
+
+
+def register(sub: "argparse._SubParsersAction[argparse.ArgumentParser]") -> None:
+    fmt = argparse.RawDescriptionHelpFormatter
+    p = sub.add_parser("register", help="create your account on an open board",
+                       epilog="Example:\n  p2prt register alice --board board.example.org:7790", formatter_class=fmt)
+    p.add_argument("name")
+    _common(p)
+    p.set_defaults(handler=cmd_register)
+
+    c = sub.add_parser("cluster", help="create clusters and manage their members",
+                       epilog="Examples:\n  p2prt cluster create friends\n  p2prt cluster add alice/friends bob carol\n"
+                       "  p2prt cluster remove alice/friends carol\n  p2prt cluster list\n"
+                       "  p2prt cluster members alice/friends", formatter_class=fmt)
+    cs = c.add_subparsers(dest="cluster_command", metavar="ACTION", required=True)
+    x = cs.add_parser("create", help="create OWNER/NAME owned by you")
+    x.add_argument("name")
+    _common(x)
+    x.set_defaults(handler=cmd_cluster, action="create")
+    for action, helptext in (("add", "add members (owner only)"), ("remove", "remove members (owner only)")):
+        x = cs.add_parser(action, help=helptext)
+        x.add_argument("cluster", metavar="OWNER/NAME")
+        x.add_argument("users", nargs="+", metavar="USER")
+        _common(x)
+        x.set_defaults(handler=cmd_cluster, action=action)
+    x = cs.add_parser("delete", help="delete a cluster you own")
+    x.add_argument("cluster", metavar="OWNER/NAME")
+    _common(x)
+    x.set_defaults(handler=cmd_cluster, action="delete")
+    x = cs.add_parser("list", help="clusters you own or belong to")
+    _common(x)
+    x.set_defaults(handler=cmd_cluster, action="list")
+    x = cs.add_parser("members", help="members of a cluster")
+    x.add_argument("cluster", metavar="OWNER/NAME")
+    _common(x)
+    x.set_defaults(handler=cmd_cluster, action="members")
+
+    s = sub.add_parser("status", help="workers, leases and waiting requests",
+                       epilog="Examples:\n  p2prt status\n  p2prt status --cluster alice/friends --json",
+                       formatter_class=fmt)
+    s.add_argument("--cluster", help="only this cluster")
+    s.add_argument("--json", action="store_true", help="machine-readable output")
+    _common(s)
+    s.set_defaults(handler=cmd_status)
+
+
+def _run(args: argparse.Namespace, fn: Callable[[BoardClient], Awaitable[Any]], user: str | None = None) -> Any:
+    address = resolve_board_address(args.board)
+    key = load_user_key(args.key)
+    identity = NodeIdentity.create(key, user or args.user or default_user_name())
+
+    async def main() -> Any:
+        async with open_board_client(address, identity, heartbeat=False) as board:
+            return await fn(board)
+
+    return trio.run(main)
+
+
+def cmd_register(args: argparse.Namespace) -> int:
+    name = _run(args, lambda b: b.call(lambda rid: m.Register(rid, args.name)), user=args.name)
+    print(f"registered {name}")
+    cfg = load_user_config()
+    if cfg.user is None and not args.user:
+        path = config_file()
+        path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        with open(path, "a") as f:
+            f.write(f'user = "{name}"\n')
+        print(f'wrote user = "{name}" to {path}')
+    return 0
+
+
+def cmd_cluster(args: argparse.Namespace) -> int:
+    action = args.action
+    makers: dict[str, Callable[[int], m.Message]] = {
+        "create": lambda rid: m.ClusterCreate(rid, args.name),
+        "delete": lambda rid: m.ClusterDelete(rid, getattr(args, "cluster", "")),
+        "add": lambda rid: m.ClusterAdd(rid, getattr(args, "cluster", ""), getattr(args, "users", [])),
+        "remove": lambda rid: m.ClusterRemove(rid, getattr(args, "cluster", ""), getattr(args, "users", [])),
+        "list": lambda rid: m.ClusterList(rid),
+        "members": lambda rid: m.ClusterMembers(rid, getattr(args, "cluster", "")),
+    }
+    value = _run(args, lambda b: b.call(makers[action]))
+    if action == "create":
+        print(f"created {value}")
+    elif action == "delete":
+        print(f"deleted {args.cluster}")
+    elif action == "add":
+        print(f"added to {args.cluster}: {', '.join(value) or '(nobody new)'}")
+    elif action == "remove":
+        print(f"removed from {args.cluster}: {', '.join(value) or '(nobody)'}")
+    elif action == "list":
+        for c in value:
+            print(f"{c['name']:<32} owner {c['owner']:<16} {c['members']} member(s)")
+    else:
+        for u in value:
+            print(u)
+    return 0
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    status = _run(args, lambda b: b.call(lambda rid: m.StatusRequest(rid, args.cluster)))
+    if args.json:
+        print(json.dumps(status, indent=2, sort_keys=True))
+        return 0
+    print_status(status)
+    return 0
+
+
+def print_status(status: dict[str, Any]) -> None:
+    workers = status["workers"]
+    print(f"Workers ({len(workers)}):")
+    if workers:
+        print(f"  {'cluster':<24} {'user':<12} {'host':<20} {'slots':>5} {'busy':>5}  peer")
+    for w in workers:
+        print(f"  {w['cluster']:<24} {w['user']:<12} {w['host']:<20} {w['slots']:>5} {w['busy']:>5}  {w['peer_id'][:12]}")
+    print(f"Leases per user ({sum(u['leases'] for u in status['leases'])}):")
+    for u in status["leases"]:
+        print(f"  {u['cluster']:<24} {u['user']:<12} {u['leases']:>5} lease(s) {u['cpus']:>5} cpu(s)")
+    print(f"Waiting lease requests ({len(status['waiting'])}):")
+    for r in status["waiting"]:
+        print(f"  {r['cluster']:<24} {r['user']:<12} {r['count']:>5} x {r['num_cpus']} cpu  client {r['client'][:12]}")

@@ -1,0 +1,206 @@
+"""Messages between peers and the message board, and signed lease tickets.
+
+Requests carry a request id ``rid`` chosen by the sender; the board answers each with
+:class:`Ok` (``value`` is plain CBOR data) or :class:`~p2prt.wire.control.ErrorReply`
+with the same id. Pushes from the board (welcome, leases) carry no id. Heartbeats and
+lease returns are fire-and-forget.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import cbor2
+
+from ..identity.keys import SshKey, SshPublicKey
+from .messages import Message, Record, message, record
+
+__all__ = [
+    "Welcome", "Ok", "Register", "Heartbeat", "ClusterCreate", "ClusterDelete", "ClusterAdd",
+    "ClusterRemove", "ClusterList", "ClusterMembers", "WorkerRegister", "LeaseRequest",
+    "LeaseCancel", "LeaseReturn", "StatusRequest", "LeaseTicket", "LeaseGranted",
+    "LeaseReclaim", "LeaseRevoked", "LeaseUnsatisfiable", "Address",
+]
+
+_TICKET_DOMAIN = b"p2prt lease ticket v1\x00"
+
+
+@record
+class Address(Record):
+    host: str
+    port: int
+
+
+# -- board -> peer pushes -------------------------------------------------------------
+
+
+@message("board.welcome")
+class Welcome(Message):
+    """First message on every board session: who the board thinks you are, and where
+    it sees you connecting from (the STUN-like observed address)."""
+
+    user: str | None
+    observed: Address | None
+    registration: str
+    heartbeat_interval: float
+
+
+@message("board.ok")
+class Ok(Message):
+    rid: int
+    value: Any = None
+
+
+# -- requests ---------------------------------------------------------------------------
+
+
+@message("board.register")
+class Register(Message):
+    """Open policy: create account ``user`` owned by the session's SSH key."""
+
+    rid: int
+    user: str
+
+
+@message("board.heartbeat")
+class Heartbeat(Message):
+    """Keeps the session, its worker registration and its leases alive."""
+
+    busy: int = 0
+
+
+@message("board.cluster_create")
+class ClusterCreate(Message):
+    rid: int
+    name: str
+
+
+@message("board.cluster_delete")
+class ClusterDelete(Message):
+    rid: int
+    cluster: str
+
+
+@message("board.cluster_add")
+class ClusterAdd(Message):
+    rid: int
+    cluster: str
+    users: list[str]
+
+
+@message("board.cluster_remove")
+class ClusterRemove(Message):
+    rid: int
+    cluster: str
+    users: list[str]
+
+
+@message("board.cluster_list")
+class ClusterList(Message):
+    rid: int
+
+
+@message("board.cluster_members")
+class ClusterMembers(Message):
+    rid: int
+    cluster: str
+
+
+@message("board.worker_register")
+class WorkerRegister(Message):
+    """Offer this process's slots to ``cluster``; the peer id is the session's."""
+
+    rid: int
+    cluster: str
+    slots: int
+    resources: dict[str, float]
+    python: str
+    host: str
+    listen: list[Address]
+
+
+@message("board.lease_request")
+class LeaseRequest(Message):
+    """Ask for ``count`` more leases of this shape; grants arrive as :class:`LeaseGranted`."""
+
+    rid: int
+    cluster: str
+    count: int
+    num_cpus: int = 1
+    resources: dict[str, float] | None = None
+    python: str = ""
+
+
+@message("board.lease_cancel")
+class LeaseCancel(Message):
+    """Drop this session's waiting demand in ``cluster``."""
+
+    cluster: str
+
+
+@message("board.lease_return")
+class LeaseReturn(Message):
+    lease_ids: list[str]
+
+
+@message("board.status")
+class StatusRequest(Message):
+    rid: int
+    cluster: str | None = None
+
+
+# -- leases -----------------------------------------------------------------------------
+
+
+@record
+class LeaseTicket(Record):
+    """The board's signed statement that ``client`` may use ``worker``'s slots."""
+
+    lease_id: str
+    cluster: str
+    client_peer_id: bytes
+    client_user: str
+    worker_peer_id: bytes
+    num_cpus: int
+    resources: dict[str, float]
+    expires: float
+    signature: bytes = b""
+
+    def signed_bytes(self) -> bytes:
+        fields = self.to_wire()[:-1]
+        return _TICKET_DOMAIN + cbor2.dumps(fields)
+
+    def signed(self, board_key: SshKey) -> "LeaseTicket":
+        return LeaseTicket(*self.to_wire()[:-1], board_key.sign(self.signed_bytes()))  # type: ignore[arg-type]
+
+    def verify(self, board_key: SshPublicKey) -> bool:
+        return board_key.verify(self.signature, self.signed_bytes())
+
+
+@message("board.lease_granted")
+class LeaseGranted(Message):
+    """To the client (with the worker's addresses) and to the worker (addresses empty)."""
+
+    ticket: LeaseTicket
+    worker_addrs: list[Address]
+
+
+@message("board.lease_reclaim")
+class LeaseReclaim(Message):
+    """Fair share: please return this lease at the next task boundary."""
+
+    lease_id: str
+
+
+@message("board.lease_revoked")
+class LeaseRevoked(Message):
+    """The lease is void now (member removed, worker lost, client lost)."""
+
+    lease_id: str
+    reason: str
+
+
+@message("board.lease_unsatisfiable")
+class LeaseUnsatisfiable(Message):
+    cluster: str
+    reason: str
