@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 import os
 import shutil
 import stat
@@ -17,7 +16,6 @@ from p2prt.errors import KeyLoadError
 from p2prt.identity.keys import PASSPHRASE_ENV, SshPublicKey, load_private_key
 
 SSH_KEYGEN = shutil.which("ssh-keygen")
-HAVE_BCRYPT = importlib.util.find_spec("bcrypt") is not None
 def p2prt_cli(*args: str, cwd: Path, extra_env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
     """Run ``python -m p2prt ARGS`` with this test's environment (fake HOME, no P2PRT_*)."""
     env = dict(os.environ)

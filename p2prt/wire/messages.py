@@ -122,8 +122,8 @@ def _scalar(kind: type) -> _Check:
             return value
         if kind is float and type(value) is int:
             return float(value)
-        if kind is bytes and isinstance(value, (bytearray, memoryview)):
-            return bytes(value)
+        if kind is bytes and isinstance(value, (bytes, bytearray, memoryview)):
+            return bytes(value)  # subclasses (PeerId) and buffers travel as plain bytes
         if kind is int and type(value) is not bool and isinstance(value, int):
             return int(value)
         if kind is str and isinstance(value, str):

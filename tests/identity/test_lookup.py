@@ -167,7 +167,6 @@ def test_encrypted_key_without_terminal_is_a_key_load_error(encrypted_ssh_defaul
 
 
 def test_encrypted_key_loads_with_env_passphrase(encrypted_ssh_default: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    pytest.importorskip("bcrypt", reason="bcrypt is not installed: encrypted OpenSSH keys need it")
     monkeypatch.setenv(PASSPHRASE_ENV, "secret")
     assert load_user_key().public == SshPublicKey.parse(encrypted_ssh_default.with_suffix(".pub").read_text())
 
