@@ -6,6 +6,7 @@ operating system are mapped to this tree once, at the transport boundary
 
     P2prtError
     ├── ConfigError                     a setting or file is wrong
+    ├── SerializationError              an object cannot be pickled or unpickled
     ├── IdentityError                   SSH keys and certificates on this machine
     │   ├── KeyNotFoundError            no key where we looked (says where)
     │   ├── KeyLoadError                unreadable key, unsupported type, wrong passphrase
@@ -43,11 +44,11 @@ operating system are mapped to this tree once, at the transport boundary
         ├── ClusterRuleError            personal clusters cannot be shared or deleted;
         │                               an owner cannot be removed from their cluster
         ├── BoardStoreError             the board's database cannot be used
+        │                               (busy too long, corrupt, newer schema, closed)
         ├── NotMemberError              not a member of that cluster (or not its owner's key)
         ├── NotRegisteredError          the key has no account yet (open policy: register)
         ├── RegistrationClosedError     this board does not take self-registration
         └── BoardRequestError           the board refused a request for another reason
-                                        (busy too long, corrupt, newer schema, closed)
 
 Protocol errors carry what was wrong in their message, for example
 ``InvalidMessageError("Ping.nonce: expected int, got str")``.
@@ -58,6 +59,7 @@ from __future__ import annotations
 __all__ = [
     "P2prtError",
     "ConfigError",
+    "SerializationError",
     "IdentityError",
     "KeyNotFoundError",
     "KeyLoadError",
@@ -107,6 +109,10 @@ class P2prtError(Exception):
 
 class ConfigError(P2prtError):
     """A setting, flag or configuration file is invalid."""
+
+
+class SerializationError(P2prtError):
+    """An object cannot be pickled, or a pickle cannot be loaded (e.g. a missing package)."""
 
 
 class IdentityError(P2prtError):

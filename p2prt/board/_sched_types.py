@@ -181,6 +181,9 @@ class FrozenResources(Mapping[str, float]):
     def __hash__(self) -> int:
         return self._hash
 
+    def __reduce__(self) -> tuple[type[FrozenResources], tuple[dict[str, float]]]:
+        return (FrozenResources, (self._dict,))  # the hash is per process: recompute it
+
     def __eq__(self, other: object) -> bool:
         if isinstance(other, FrozenResources):
             return self.pairs == other.pairs
@@ -215,6 +218,7 @@ class LeaseShape:
     """``resources`` as sorted ``(name, amount)`` pairs."""
     names: frozenset[str] = field(init=False, repr=False, compare=False)
     """The names of the custom resources."""
+    _hash: int = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         _positive_int(self.num_cpus, "num_cpus")
@@ -225,6 +229,13 @@ class LeaseShape:
         object.__setattr__(self, "python", normalize_python(self.python))
         object.__setattr__(self, "pairs", resources.pairs)
         object.__setattr__(self, "names", frozenset(resources))
+        object.__setattr__(self, "_hash", hash((self.num_cpus, resources, self.python)))
+
+    def __hash__(self) -> int:  # cached: shapes are dict keys on the hot path
+        return self._hash
+
+    def __reduce__(self) -> tuple[type[LeaseShape], tuple[int, Mapping[str, float], str]]:
+        return (LeaseShape, (self.num_cpus, self.resources, self.python))
 
     def describe(self) -> str:
         """Human-readable, e.g. ``"2 CPUs, gpu=1, Python 3.11"``."""

@@ -65,13 +65,13 @@ from __future__ import annotations
 
 import heapq
 import math
-import secrets
 from collections import OrderedDict
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import replace
 
-from ._fairshare import water_fill
-from ._placement import WorkerPool, WorkerState, unsatisfiable_reason
+from ._fairshare import pool_shares
+from ._placement import WorkerState, unsatisfiable_reason
+from ._sched_state import ClientState, Demand, LeaseIds, LeaseState, Pool, PoolKey, UserDemand
 from ._sched_types import (
     NO_RESOURCES,
     REVOKE_CLIENT_DISCONNECTED,
@@ -131,86 +131,6 @@ __all__ = [
     "REVOKE_CLIENT_DISCONNECTED",
 ]
 
-_PoolKey = tuple[str, str]  # (cluster, python)
-
-
-class _LeaseIds:
-    """Default lease ids: a random prefix per scheduler and a counter, e.g. ``"3f9a…-17"``."""
-
-    def __init__(self) -> None:
-        self._prefix = secrets.token_hex(6)
-        self._next = 0
-
-    def __call__(self) -> str:
-        self._next += 1
-        return f"{self._prefix}-{self._next}"
-
-
-class _Pool:
-    """Workers and demand of one (cluster, python)."""
-
-    __slots__ = ("cluster", "demands", "key", "python", "total", "users", "waiting", "workers")
-
-    def __init__(self, key: _PoolKey) -> None:
-        self.key = key
-        self.cluster, self.python = key
-        self.workers = WorkerPool()
-        self.demands: dict[str, _Demand] = {}  # client peer id → demand (held or waiting > 0)
-        self.users: dict[str, _UserDemand] = {}
-        self.waiting: dict[str, _Demand] = {}  # clients with waiting demand, in arrival order
-        self.total = 0  # CPUs held + waiting, all clients
-
-
-class _UserDemand:
-    __slots__ = ("clients", "held", "seq", "user")
-
-    def __init__(self, user: str, seq: int) -> None:
-        self.user = user
-        self.seq = seq
-        self.held = 0
-        self.clients: dict[str, _Demand] = {}
-
-
-class _Demand:
-    """One client's demand in one pool."""
-
-    __slots__ = ("client", "held", "held_by_shape", "pool", "reclaiming", "seq", "user", "waiting", "waiting_cpus")
-
-    def __init__(self, client: _Client, pool: _Pool, user: _UserDemand, seq: int) -> None:
-        self.client = client
-        self.pool = pool
-        self.user = user
-        self.seq = seq
-        self.held = 0  # CPUs
-        self.reclaiming = 0  # CPUs of held leases with a Reclaim outstanding
-        self.waiting: dict[LeaseShape, int] = {}  # leases
-        self.waiting_cpus = 0
-        self.held_by_shape: dict[LeaseShape, int] = {}  # CPUs
-
-
-class _Client:
-    __slots__ = ("demands", "last_seen", "leases", "peer_id", "user")
-
-    def __init__(self, peer_id: str, user: str, now: float) -> None:
-        self.peer_id = peer_id
-        self.user = user
-        self.last_seen = now
-        self.leases: dict[str, _LeaseState] = {}  # grant order = expiry order
-        self.demands: dict[_PoolKey, _Demand] = {}
-
-
-class _LeaseState:
-    __slots__ = ("demand", "lease", "reclaimed", "seq", "shape", "worker")
-
-    def __init__(self, lease: Lease, shape: LeaseShape, worker: WorkerState, demand: _Demand, seq: int) -> None:
-        self.lease = lease
-        self.shape = shape
-        self.worker = worker
-        self.demand = demand
-        self.seq = seq
-        self.reclaimed = False
-
-
 def _name(value: object, what: str) -> str:
     if not isinstance(value, str) or not value:
         raise SchedulerError(f"{what} must be a non-empty string, got {value!r}")
@@ -239,18 +159,18 @@ class Scheduler:
     def __init__(self, config: SchedulerConfig | None = None, *,
                  lease_id_factory: Callable[[], str] | None = None) -> None:
         self.config = config if config is not None else SchedulerConfig()
-        self._new_lease_id: Callable[[], str] = lease_id_factory if lease_id_factory is not None else _LeaseIds()
+        self._new_lease_id: Callable[[], str] = lease_id_factory if lease_id_factory is not None else LeaseIds()
         self._now = -math.inf
         self._seq = 0
         self._workers: dict[str, WorkerState] = {}
         self._worker_order: OrderedDict[str, None] = OrderedDict()  # least recently heard first
         self._cluster_workers: dict[str, dict[str, WorkerState]] = {}
         self._user_workers: dict[str, dict[str, WorkerState]] = {}
-        self._clients: dict[str, _Client] = {}
+        self._clients: dict[str, ClientState] = {}
         self._client_order: OrderedDict[str, None] = OrderedDict()
         self._user_clients: dict[str, dict[str, None]] = {}
-        self._leases: dict[str, _LeaseState] = {}
-        self._pools: dict[_PoolKey, _Pool] = {}
+        self._leases: dict[str, LeaseState] = {}
+        self._pools: dict[PoolKey, Pool] = {}
         self._cluster_gen: dict[str, int] = {}
         self._feasible: dict[tuple[str, LeaseShape], tuple[int, str | None]] = {}
         self._plain_shapes: dict[tuple[int, str], LeaseShape] = {}
@@ -280,7 +200,7 @@ class Scheduler:
         pairs = FrozenResources(resources, what=f"worker {peer_id}").pairs
         version = normalize_python(python)
         events: list[Event] = []
-        touched: set[_PoolKey] = set()
+        touched: set[PoolKey] = set()
         lost: set[str] = set()
         old = self._workers.get(peer_id)
         if old is not None:
@@ -298,8 +218,9 @@ class Scheduler:
         key = (cluster, version)
         pool = self._pools.get(key)
         if pool is None:
-            pool = self._pools[key] = _Pool(key)
+            pool = self._pools[key] = Pool(key)
         pool.workers.add(worker)
+        pool.recap_all()
         touched.add(key)
         self._finish(events, touched, lost)
         return events
@@ -322,7 +243,7 @@ class Scheduler:
         if worker is None:
             return []
         events: list[Event] = []
-        touched: set[_PoolKey] = set()
+        touched: set[PoolKey] = set()
         lost: set[str] = set()
         self._drop_worker(worker, REVOKE_WORKER_UNREGISTERED, events, touched, lost)
         self._finish(events, touched, lost)
@@ -358,6 +279,7 @@ class Scheduler:
         demand.waiting_cpus += cpus
         pool.total += cpus
         pool.waiting[client_peer_id] = demand
+        demand.recap()
         events: list[Event] = []
         self._schedule(pool, events)
         return events
@@ -372,7 +294,7 @@ class Scheduler:
         if client is None:
             return []
         self._touch_client(client, now)
-        touched: set[_PoolKey] = set()
+        touched: set[PoolKey] = set()
         for key, demand in list(client.demands.items()):
             if key[0] == cluster and demand.waiting_cpus:
                 self._drop_waiting(demand)
@@ -429,7 +351,7 @@ class Scheduler:
         if client is None:
             return []
         events: list[Event] = []
-        touched: set[_PoolKey] = set()
+        touched: set[PoolKey] = set()
         self._drop_client(client, REVOKE_CLIENT_DISCONNECTED, events, touched, expiry=False)
         self._finish(events, touched, set())
         return events
@@ -456,7 +378,7 @@ class Scheduler:
         docstring), then grant and rebalance every pool with waiting demand."""
         now = self._clock(now)
         events: list[Event] = []
-        touched: set[_PoolKey] = set()
+        touched: set[PoolKey] = set()
         lost: set[str] = set()
         limit = self.config.worker_timeout
         while self._worker_order:
@@ -558,16 +480,16 @@ class Scheduler:
         worker.last_seen = now
         self._worker_order.move_to_end(worker.peer_id)
 
-    def _touch_client(self, client: _Client, now: float) -> None:
+    def _touch_client(self, client: ClientState, now: float) -> None:
         client.last_seen = now
         self._client_order.move_to_end(client.peer_id)
 
-    def _client_for(self, peer_id: str, user: str, now: float) -> _Client:
+    def _client_for(self, peer_id: str, user: str, now: float) -> ClientState:
         _name(peer_id, "client_peer_id")
         _name(user, "user")
         client = self._clients.get(peer_id)
         if client is None:
-            client = self._clients[peer_id] = _Client(peer_id, user, now)
+            client = self._clients[peer_id] = ClientState(peer_id, user, now)
             self._client_order[peer_id] = None
             self._user_clients.setdefault(user, {})[peer_id] = None
         elif client.user != user:
@@ -576,7 +498,7 @@ class Scheduler:
             self._touch_client(client, now)
         return client
 
-    def _forget_client_if_idle(self, client: _Client) -> None:
+    def _forget_client_if_idle(self, client: ClientState) -> None:
         if client.leases or client.demands or self._clients.get(client.peer_id) is not client:
             return
         del self._clients[client.peer_id]
@@ -586,19 +508,19 @@ class Scheduler:
         if not mine:
             del self._user_clients[client.user]
 
-    def _demand_for(self, pool: _Pool, client: _Client) -> _Demand:
+    def _demand_for(self, pool: Pool, client: ClientState) -> Demand:
         demand = client.demands.get(pool.key)
         if demand is None:
             user = pool.users.get(client.user)
             if user is None:
-                user = pool.users[client.user] = _UserDemand(client.user, self._next_seq())
-            demand = _Demand(client, pool, user, self._next_seq())
+                user = pool.users[client.user] = UserDemand(client.user, self._next_seq())
+            demand = Demand(client, pool, user, self._next_seq())
             pool.demands[client.peer_id] = demand
             user.clients[client.peer_id] = demand
             client.demands[pool.key] = demand
         return demand
 
-    def _forget_demand_if_empty(self, demand: _Demand) -> None:
+    def _forget_demand_if_empty(self, demand: Demand) -> None:
         if demand.held or demand.waiting_cpus:
             return
         pool, client = demand.pool, demand.client
@@ -613,7 +535,7 @@ class Scheduler:
         del client.demands[pool.key]
         self._forget_client_if_idle(client)
 
-    def _drop_waiting(self, demand: _Demand, shape: LeaseShape | None = None) -> int:
+    def _drop_waiting(self, demand: Demand, shape: LeaseShape | None = None) -> int:
         """Drop waiting leases (of one shape, or all); returns how many were dropped."""
         shapes = [shape] if shape is not None else list(demand.waiting)
         dropped = 0
@@ -624,10 +546,11 @@ class Scheduler:
             demand.pool.total -= count * s.num_cpus
         if not demand.waiting_cpus:
             demand.pool.waiting.pop(demand.client.peer_id, None)
+        demand.recap()
         self._forget_demand_if_empty(demand)
         return dropped
 
-    def _end_lease(self, state: _LeaseState, reason: str | None, events: list[Event], expiry: bool = False) -> None:
+    def _end_lease(self, state: LeaseState, reason: str | None, events: list[Event], expiry: bool = False) -> None:
         """Remove a lease: returned (``reason`` None) or revoked."""
         lease, shape, demand = state.lease, state.shape, state.demand
         del self._leases[lease.lease_id]
@@ -652,14 +575,17 @@ class Scheduler:
             self._n_revokes += 1
             self._n_expiries += int(expiry)
             events.append(Revoke(lease.lease_id, lease.client_peer_id, lease.worker_peer_id, reason))
+        demand.recap()
         self._forget_demand_if_empty(demand)
 
-    def _drop_worker(self, worker: WorkerState, reason: str, events: list[Event], touched: set[_PoolKey],
+    def _drop_worker(self, worker: WorkerState, reason: str, events: list[Event], touched: set[PoolKey],
                      lost: set[str], expiry: bool = False) -> None:
         for lease_id in list(worker.leases):
             self._end_lease(self._leases[lease_id], reason, events, expiry)
         key = (worker.cluster, worker.python)
-        self._pools[key].workers.remove(worker)
+        pool = self._pools[key]
+        pool.workers.remove(worker)
+        pool.recap_all()
         del self._workers[worker.peer_id]
         del self._worker_order[worker.peer_id]
         for index, name in ((self._cluster_workers, worker.cluster), (self._user_workers, worker.user)):
@@ -671,7 +597,7 @@ class Scheduler:
         touched.add(key)
         lost.add(worker.cluster)
 
-    def _drop_client(self, client: _Client, reason: str, events: list[Event], touched: set[_PoolKey],
+    def _drop_client(self, client: ClientState, reason: str, events: list[Event], touched: set[PoolKey],
                      expiry: bool) -> None:
         for state in list(client.leases.values()):
             touched.add(state.demand.pool.key)
@@ -683,7 +609,7 @@ class Scheduler:
 
     def _remove(self, user: str, cluster: str | None) -> list[Event]:
         events: list[Event] = []
-        touched: set[_PoolKey] = set()
+        touched: set[PoolKey] = set()
         lost: set[str] = set()
         reason = REVOKE_MEMBER_REMOVED if cluster is not None else REVOKE_USER_REMOVED
         for peer_id in list(self._user_clients.get(user, ())):
@@ -716,7 +642,7 @@ class Scheduler:
         self._feasible[(cluster, shape)] = (gen, reason)
         return reason
 
-    def _finish(self, events: list[Event], touched: Iterable[_PoolKey], lost: set[str]) -> None:
+    def _finish(self, events: list[Event], touched: Iterable[PoolKey], lost: set[str]) -> None:
         """After workers left ``lost`` clusters, drop demand nothing can hold; then grant
         and rebalance the ``touched`` pools and forget empty ones."""
         keys = set(touched)
@@ -740,7 +666,7 @@ class Scheduler:
 
     # -------------------------------------------------- internal: scheduling
 
-    def _schedule(self, pool: _Pool, events: list[Event]) -> None:
+    def _schedule(self, pool: Pool, events: list[Event]) -> None:
         """Grant waiting demand within fair share; ask over-share clients for leases back."""
         if not pool.waiting:
             return
@@ -750,7 +676,7 @@ class Scheduler:
                 while demand.waiting_cpus and self._grant_one(pool, demand, failed, events):
                     pass
             return
-        user_share, client_share = self._shares(pool)
+        user_share, client_share = pool_shares(pool)
         heap: list[tuple[float, int, str]] = []
         for peer_id, demand in pool.waiting.items():
             share = client_share[peer_id]
@@ -776,33 +702,7 @@ class Scheduler:
             if demand.held - demand.reclaiming > share:
                 self._reclaim(demand, share, starved, events)
 
-    def _shares(self, pool: _Pool) -> tuple[dict[str, int], dict[str, int]]:
-        """Water-fill the pool's capacity over users, then each user's share over its
-        clients; demands are capped per shape by what the pool could ever give it."""
-        workers = pool.workers
-        capped: dict[str, int] = {}
-        per_user: dict[str, int] = {}
-        for peer_id, demand in pool.demands.items():
-            total = 0
-            for shape in demand.waiting.keys() | demand.held_by_shape.keys():
-                want = demand.held_by_shape.get(shape, 0) + demand.waiting.get(shape, 0) * shape.num_cpus
-                total += min(want, workers.cap(shape))
-            capped[peer_id] = total
-            per_user[demand.user.user] = per_user.get(demand.user.user, 0) + total
-        users = pool.users
-        user_share = water_fill(workers.capacity, per_user,
-                                rank=lambda u: (-users[u].held, users[u].seq, u))
-        demands = pool.demands
-        client_share: dict[str, int] = {}
-        for name, user in users.items():
-            if len(user.clients) == 1:
-                client_share[next(iter(user.clients))] = user_share[name]
-                continue
-            client_share.update(water_fill(user_share[name], {c: capped[c] for c in user.clients},
-                                           rank=lambda c: (-demands[c].held, demands[c].seq, c)))
-        return user_share, client_share
-
-    def _grant_one(self, pool: _Pool, demand: _Demand, failed: set[LeaseShape], events: list[Event]) -> bool:
+    def _grant_one(self, pool: Pool, demand: Demand, failed: set[LeaseShape], events: list[Event]) -> bool:
         """Grant one waiting lease of the client's first shape that fits somewhere."""
         for shape in demand.waiting:
             if shape in failed:
@@ -815,7 +715,7 @@ class Scheduler:
             return True
         return False
 
-    def _grant(self, pool: _Pool, demand: _Demand, shape: LeaseShape, worker: WorkerState,
+    def _grant(self, pool: Pool, demand: Demand, shape: LeaseShape, worker: WorkerState,
                events: list[Event]) -> None:
         lease_id = self._new_lease_id()
         if lease_id in self._leases:
@@ -825,7 +725,7 @@ class Scheduler:
         lease = Lease(lease_id, pool.cluster, client.peer_id, client.user, worker.peer_id, shape.num_cpus,
                       shape.resources, shape.python, now, now + self.config.lease_ttl)
         pool.workers.allocate(worker, shape)
-        state = _LeaseState(lease, shape, worker, demand, self._next_seq())
+        state = LeaseState(lease, shape, worker, demand, self._next_seq())
         self._leases[lease_id] = state
         client.leases[lease_id] = state
         worker.leases[lease_id] = None
@@ -844,12 +744,12 @@ class Scheduler:
         self._n_grants += 1
         events.append(Grant(lease))
 
-    def _reclaim(self, demand: _Demand, share: int, starved: list[LeaseShape], events: list[Event]) -> None:
+    def _reclaim(self, demand: Demand, share: int, starved: list[LeaseShape], events: list[Event]) -> None:
         """Ask for the client's excess above ``share`` back, newest leases first,
         preferring workers that the ``starved`` shapes could use."""
         candidates = [s for s in reversed(demand.client.leases.values()) if s.demand is demand and not s.reclaimed]
         if any(shape.pairs or shape.num_cpus > 1 for shape in starved):
-            def useless(state: _LeaseState) -> bool:
+            def useless(state: LeaseState) -> bool:
                 w = state.worker
                 return not any(s.names <= w.signature and s.num_cpus <= w.slots for s in starved)
             candidates.sort(key=useless)  # stable: newest first within each group
@@ -866,3 +766,53 @@ class Scheduler:
             events.append(Reclaim(lease.lease_id, lease.client_peer_id, lease.worker_peer_id))
             if excess <= 0:
                 break
+
+    def _audit(self) -> None:
+        """Recompute every incremental counter from scratch and compare (tests, debugging).
+
+        Raises AssertionError on the first mismatch. Costs a scan of everything.
+        """
+        for lease_id, state in self._leases.items():
+            assert state.lease.lease_id == lease_id
+            assert state.demand.client.leases.get(lease_id) is state, lease_id
+            assert lease_id in state.worker.leases and self._workers.get(state.worker.peer_id) is state.worker
+        for worker in self._workers.values():
+            states = [self._leases[lease_id] for lease_id in worker.leases]
+            assert worker.free_cpus == worker.slots - sum(s.shape.num_cpus for s in states), worker.peer_id
+            for name, total in worker.resources:
+                used = sum(dict(s.shape.pairs).get(name, 0.0) for s in states)
+                assert abs(worker.free_resources[name] - (total - used)) < 1e-6, (worker.peer_id, name)
+            assert self._pools[(worker.cluster, worker.python)].workers.workers.get(worker.peer_id) is worker
+        for order, peers in ((self._worker_order, self._workers), (self._client_order, self._clients)):
+            assert order.keys() == peers.keys()
+            seen = [peers[p].last_seen for p in order]
+            assert seen == sorted(seen), "heartbeat order"
+        for client in self._clients.values():
+            assert client.leases or client.demands, client.peer_id
+            for key, demand in client.demands.items():
+                assert self._pools[key].demands.get(client.peer_id) is demand
+        for key, pool in self._pools.items():
+            assert pool.workers.capacity == sum(w.slots for w in pool.workers.workers.values()), key
+            total = 0
+            for peer_id, demand in pool.demands.items():
+                states = [s for s in demand.client.leases.values() if s.demand is demand]
+                by_shape: dict[LeaseShape, int] = {}
+                for s in states:
+                    by_shape[s.shape] = by_shape.get(s.shape, 0) + s.shape.num_cpus
+                assert demand.held_by_shape == by_shape, peer_id
+                assert demand.held == sum(by_shape.values())
+                assert demand.reclaiming == sum(s.shape.num_cpus for s in states if s.reclaimed)
+                assert demand.waiting_cpus == sum(n * s.num_cpus for s, n in demand.waiting.items())
+                assert all(n > 0 for n in demand.waiting.values())
+                assert (peer_id in pool.waiting) == bool(demand.waiting_cpus)
+                assert demand.held or demand.waiting_cpus
+                capped = demand.capped
+                demand.recap()
+                assert demand.capped == capped, (peer_id, capped, demand.capped)
+                assert pool.users[demand.user.user].clients.get(peer_id) is demand
+                total += demand.held + demand.waiting_cpus
+            assert pool.total == total, key
+            for user in pool.users.values():
+                assert user.clients
+                assert user.held == sum(d.held for d in user.clients.values())
+                assert user.capped == sum(d.capped for d in user.clients.values())

@@ -18,7 +18,7 @@ from ..wire import board as m
 def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--board", help="board address HOST:PORT (else $P2PRT_BOARD, else config.toml)")
     p.add_argument("--key", help="your SSH private key (default: see p2prt id)")
-    p.add_argument("--user", help="your account name on the board (default: config user, $P2PRT_USER, login)")
+    p.add_argument("--user", help="your account name on the board (default: $P2PRT_USER, else config user, else login name)")
 
 
 def register(sub: "argparse._SubParsersAction[argparse.ArgumentParser]") -> None:

@@ -57,6 +57,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 1
     except KeyboardInterrupt:
         return 130
+    except BrokenPipeError:
+        # Output piped into e.g. head: stop quietly, as Unix tools do.
+        sys.stderr.close()
+        return 141
 
 
 def run() -> None:

@@ -48,7 +48,10 @@ def _prompt(message: str) -> str:
     if not sys.stdin or not sys.stdin.isatty():
         raise KeyLoadError(f"{message.removeprefix('Passphrase for ').rstrip(': ')} is passphrase-protected "
                            "and there is no terminal to ask on: set P2PRT_KEY_PASSPHRASE")
-    return getpass.getpass(message)
+    try:
+        return getpass.getpass(message)
+    except EOFError:
+        raise KeyLoadError("no passphrase given") from None
 
 
 def load_user_key(explicit: str | os.PathLike[str] | None = None) -> SshKey:

@@ -37,7 +37,9 @@ def map_connect_exceptions(host: str, port: int) -> Iterator[None]:
         yield
     except OSError as exc:
         reason = exc.strerror or str(exc)
-        if exc.errno == errno.ECONNREFUSED:
+        # trio reports "all attempts failed" with the per-address errors as the cause.
+        causes = [exc, exc.__cause__, *getattr(exc.__cause__, "exceptions", ())]
+        if any(isinstance(c, OSError) and c.errno == errno.ECONNREFUSED for c in causes):
             reason = "connection refused (is it running, and on that port?)"
         raise ConnectError(f"cannot connect to {host}:{port}: {reason}") from exc
     except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:

@@ -114,6 +114,11 @@ async def serve_secure(
                 except P2prtError as exc:
                     log.info("handshake with %s failed: %s: %s", addr, type(exc).__name__, exc)
                     return
+                except Exception:
+                    # Defence in depth: one peer must never take the listener down.
+                    log.exception("handshake with %s failed unexpectedly", addr)
+                    await trio.aclose_forcefully(tcp)
+                    return
             if scope.cancelled_caught:
                 log.info("handshake with %s timed out after %g s", addr, handshake_timeout)
                 await trio.aclose_forcefully(tcp)

@@ -184,7 +184,14 @@ class NoiseHandshake:
                 frame = self._frames.next_frame()
                 if frame is None:
                     break
-                out += self._step(frame)
+                try:
+                    out += self._step(frame)
+                except P2prtError:
+                    raise
+                except Exception as exc:
+                    # noiseprotocol and cryptography raise many types on hostile input
+                    # (wrong lengths, invalid curve points); none may escape as-is.
+                    raise HandshakeError(f"invalid handshake message ({self.state.value}): {exc!r}") from None
             if self.state in (HandshakeState.DONE, HandshakeState.DECIDING):
                 self.leftover += self._frames.take_remaining()
             return bytes(out)

@@ -16,6 +16,7 @@ message and field.
 from __future__ import annotations
 
 import dataclasses
+import io
 import types
 import typing
 from collections.abc import Callable
@@ -101,6 +102,8 @@ def _tname(value: Any) -> str:
 def _plain(value: Any, path: str, depth: int = 0) -> Any:
     if depth > MAX_NESTING:
         raise InvalidMessageError(f"{path}: nested deeper than {MAX_NESTING}")
+    if isinstance(value, int) and not isinstance(value, bool) and not INT_MIN <= value <= INT_MAX:
+        raise InvalidMessageError(f"{path}: integer out of the 64-bit range")
     if value is None or isinstance(value, (bool, int, float, str, bytes)):
         return value
     if isinstance(value, list):
@@ -116,11 +119,19 @@ def _plain(value: Any, path: str, depth: int = 0) -> Any:
     raise InvalidMessageError(f"{path}: {_tname(value)} is not plain CBOR data")
 
 
+INT_MIN = -(1 << 63)
+INT_MAX = (1 << 64) - 1
+
+
 def _scalar(kind: type) -> _Check:
     def check(value: Any, path: str) -> Any:
+        if kind is int and type(value) is int and not INT_MIN <= value <= INT_MAX:
+            raise InvalidMessageError(f"{path}: integer out of the 64-bit range")
         if type(value) is kind:
             return value
         if kind is float and type(value) is int:
+            if not INT_MIN <= value <= INT_MAX:
+                raise InvalidMessageError(f"{path}: number out of range")
             return float(value)
         if kind is bytes and isinstance(value, (bytes, bytearray, memoryview)):
             return bytes(value)  # subclasses (PeerId) and buffers travel as plain bytes
@@ -232,12 +243,15 @@ def _reject_tag(decoder: Any, tag: Any) -> Any:
 
 def decode_message(data: bytes | bytearray | memoryview) -> Message:
     """Decode and validate one message; only :class:`ProtocolError` subclasses escape."""
+    fp = io.BytesIO(data)
     try:
-        obj = cbor2.loads(data, tag_hook=_reject_tag)
+        obj = cbor2.CBORDecoder(fp, tag_hook=_reject_tag).decode()
     except MalformedFrameError:
         raise
     except Exception as exc:  # cbor2 raises many types on hostile input
         raise MalformedFrameError(f"frame is not valid CBOR: {exc}") from None
+    if fp.tell() != len(data):
+        raise MalformedFrameError(f"{len(data) - fp.tell()} stray bytes after the message")
     if not isinstance(obj, list) or not obj:
         raise MalformedFrameError(f"a message is a non-empty CBOR array, got {_tname(obj)}")
     tag = obj[0]

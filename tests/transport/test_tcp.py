@@ -253,3 +253,27 @@ async def test_connect_refused_is_a_connect_error() -> None:
     await listeners[0].aclose()
     with trio.fail_after(10), pytest.raises(ConnectError, match=f"127.0.0.1:{port}"):
         await open_secure_stream("127.0.0.1", port, CLIENT)
+
+
+@pytest.mark.parametrize(
+    "first_bytes",
+    [b"\x00\x00", b"\x00\x20" + b"\x00" * 32, b"\x00\x05hello", b"\xff\xff" + b"x" * 100],
+    ids=["empty-message-1", "zero-key", "short-key", "huge-length"],
+)
+async def test_malformed_message_1_never_stops_the_listener(echo_server: EchoServer, first_bytes: bytes) -> None:
+    with trio.fail_after(10):
+        raw = await trio.open_tcp_stream("127.0.0.1", echo_server.port)
+        await raw.send_all(first_bytes)
+        await raw.send_eof()
+        while await raw.receive_some():
+            pass
+        await raw.aclose()
+    await assert_still_serving(echo_server)
+
+
+async def test_connect_refused_says_so() -> None:
+    listeners = await trio.open_tcp_listeners(0, host="127.0.0.1")
+    port = listeners[0].socket.getsockname()[1]
+    await listeners[0].aclose()
+    with trio.fail_after(10), pytest.raises(ConnectError, match="connection refused"):
+        await open_secure_stream("127.0.0.1", port, CLIENT)

@@ -1,0 +1,94 @@
+"""Payload codec: cloudpickle with pickle protocol 5 and out-of-band buffers.
+
+``dumps(obj)`` returns the pickle stream plus the large buffers (numpy arrays,
+``pickle.PickleBuffer``-aware objects) separately, so they can be sent without being
+copied into the pickle. Functions and classes from the user's own modules — anything not
+installed in site-packages or the standard library — are pickled *by value*
+(``cloudpickle.register_pickle_by_value``), so a worker on another machine needs only
+the third-party packages.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import pickle
+import site
+import sys
+import sysconfig
+import types
+from pathlib import Path
+from typing import Any
+
+import cloudpickle
+
+from ..errors import SerializationError
+
+__all__ = ["dumps", "loads", "ship_by_value", "is_user_module", "SerializationError"]
+
+_registered: set[str] = set()
+
+
+def _installed_roots() -> tuple[str, ...]:
+    roots = {sysconfig.get_paths()[k] for k in ("stdlib", "platstdlib", "purelib", "platlib")}
+    roots.update(site.getsitepackages())
+    user_site = site.getusersitepackages()
+    if isinstance(user_site, str):
+        roots.add(user_site)
+    return tuple(str(Path(r).resolve()) for r in roots if r)
+
+
+_ROOTS: tuple[str, ...] | None = None
+
+
+def is_user_module(name: str) -> bool:
+    """True for modules that live outside site-packages and the standard library."""
+    global _ROOTS
+    if name == "__main__" or name.split(".")[0] in ("p2prt", "cloudpickle"):
+        return False
+    module = sys.modules.get(name)
+    file = getattr(module, "__file__", None)
+    if file is None:
+        return False  # builtin, frozen or namespace package
+    if _ROOTS is None:
+        _ROOTS = _installed_roots()
+    path = str(Path(file).resolve())
+    return not any(path.startswith(root + "/") or path == root for root in _ROOTS)
+
+
+def ship_by_value(obj: Any) -> None:
+    """Register the top-level package of ``obj``'s module for pickling by value when it
+    is the user's own code."""
+    name = getattr(obj, "__module__", None)
+    if not name or name == "__main__":
+        return
+    top = name.split(".")[0]
+    if top in _registered or not is_user_module(name):
+        return
+    module = sys.modules.get(top)
+    if isinstance(module, types.ModuleType):
+        cloudpickle.register_pickle_by_value(module)
+        _registered.add(top)
+
+
+def dumps(obj: Any) -> tuple[bytes, list[pickle.PickleBuffer]]:
+    """Pickle ``obj``; large buffers come back separately (protocol 5, out of band)."""
+    buffers: list[pickle.PickleBuffer] = []
+    try:
+        data = cloudpickle.dumps(obj, protocol=5, buffer_callback=buffers.append)
+    except Exception as exc:
+        raise SerializationError(f"cannot serialize {type(obj).__name__}: {exc}") from exc
+    return data, buffers
+
+
+def loads(data: bytes | memoryview, buffers: list[Any] | tuple[Any, ...] = ()) -> Any:
+    """Inverse of :func:`dumps`. A missing module raises ``ModuleNotFoundError`` as is,
+    so the caller can name the package."""
+    return pickle.loads(data, buffers=buffers)
+
+
+def missing_package(exc: BaseException) -> str | None:
+    """The top-level package a ``ModuleNotFoundError`` names, if any."""
+    if isinstance(exc, ModuleNotFoundError) and exc.name:
+        top = exc.name.split(".")[0]
+        return top if importlib.util.find_spec(top) is None else exc.name
+    return None
