@@ -7,6 +7,15 @@ operating system are mapped to this tree once, at the transport boundary
     P2prtError
     ├── ConfigError                     a setting or file is wrong
     ├── SerializationError              an object cannot be pickled or unpickled
+    ├── TaskError                       a task failed; ``get`` raises it (see below)
+    │   ├── WorkerCrashedError          the process running the task died
+    │   ├── TaskTimeoutError            the attempt ran past its ``timeout`` (also a TimeoutError)
+    │   ├── TaskCancelledError          cancelled with ``p2prt.cancel``
+    │   └── MissingPackageError         the worker lacks a package the task needs
+    ├── GetTimeoutError                 ``get``/``wait`` timed out (also a TimeoutError)
+    ├── ObjectLostError                 no copy of an object is left and it cannot be rebuilt
+    ├── NoCompatibleWorkerError         no worker can ever run the task (Python, resources)
+    ├── RuntimeUsageError               the API was used in a way it cannot work (e.g. sync get in trio)
     ├── IdentityError                   SSH keys and certificates on this machine
     │   ├── KeyNotFoundError            no key where we looked (says where)
     │   ├── KeyLoadError                unreadable key, unsupported type, wrong passphrase
@@ -48,6 +57,8 @@ operating system are mapped to this tree once, at the transport boundary
         ├── NotMemberError              not a member of that cluster (or not its owner's key)
         ├── NotRegisteredError          the key has no account yet (open policy: register)
         ├── RegistrationClosedError     this board does not take self-registration
+        ├── SchedulerError              a lease operation with invalid arguments
+        │   └── UnknownWorkerError      a heartbeat from a worker the board does not know
         └── BoardRequestError           the board refused a request for another reason
 
 Protocol errors carry what was wrong in their message, for example
@@ -60,6 +71,15 @@ __all__ = [
     "P2prtError",
     "ConfigError",
     "SerializationError",
+    "TaskError",
+    "WorkerCrashedError",
+    "TaskTimeoutError",
+    "TaskCancelledError",
+    "MissingPackageError",
+    "GetTimeoutError",
+    "ObjectLostError",
+    "NoCompatibleWorkerError",
+    "RuntimeUsageError",
     "IdentityError",
     "KeyNotFoundError",
     "KeyLoadError",
@@ -100,6 +120,8 @@ __all__ = [
     "NotRegisteredError",
     "RegistrationClosedError",
     "BoardRequestError",
+    "SchedulerError",
+    "UnknownWorkerError",
 ]
 
 
@@ -113,6 +135,49 @@ class ConfigError(P2prtError):
 
 class SerializationError(P2prtError):
     """An object cannot be pickled, or a pickle cannot be loaded (e.g. a missing package)."""
+
+
+class TaskError(P2prtError):
+    """A task failed. When the task raised, ``get`` raises an instance of both
+    ``TaskError`` and the task's own exception type, so ``except ValueError`` works;
+    the message holds the remote traceback and the worker's user and host."""
+
+    def __init__(self, message: str = "", *, cause_type: str = "", worker: str = "") -> None:
+        super().__init__(message)
+        self.cause_type = cause_type
+        self.worker = worker
+
+
+class WorkerCrashedError(TaskError):
+    """The process running the task died (killed, segfault, ``os._exit``) or its worker vanished."""
+
+
+class TaskTimeoutError(TaskError, TimeoutError):
+    """A task attempt ran longer than its ``timeout``; its slot was freed."""
+
+
+class TaskCancelledError(TaskError):
+    """The task was cancelled with ``p2prt.cancel``."""
+
+
+class MissingPackageError(TaskError):
+    """The worker cannot import a package the task needs; the message names both."""
+
+
+class GetTimeoutError(P2prtError, TimeoutError):
+    """``p2prt.get`` or ``p2prt.wait`` reached its timeout."""
+
+
+class ObjectLostError(P2prtError):
+    """An object's value is gone and cannot be rebuilt."""
+
+
+class NoCompatibleWorkerError(P2prtError):
+    """No worker of the cluster can run the task (Python version, CPUs, resources)."""
+
+
+class RuntimeUsageError(P2prtError):
+    """The API was called in a way that cannot work; the message says what to do instead."""
 
 
 class IdentityError(P2prtError):
@@ -283,3 +348,13 @@ class BoardRequestError(BoardError):
     def __init__(self, message: str, code: str = "error") -> None:
         super().__init__(message)
         self.code = code
+
+
+class SchedulerError(BoardError):
+    """A scheduler call with invalid arguments, or one that breaks an ownership rule
+    (``count=0``, a negative resource, returning another client's lease)."""
+
+
+class UnknownWorkerError(SchedulerError):
+    """A heartbeat from a worker the scheduler does not know (timed out, or the board
+    restarted): the worker must register again."""

@@ -21,6 +21,7 @@ from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import TypeAlias
 
+from ..errors import SchedulerError, UnknownWorkerError  # noqa: F401  (re-exported)
 from ..errors import ConfigError, P2prtError
 
 __all__ = [
@@ -64,19 +65,6 @@ REVOKE_WORKER_REMOVED = "worker removed: its owner is no longer a member of the 
 REVOKE_WORKER_UNREGISTERED = "worker unregistered"
 REVOKE_WORKER_CHANGED = "worker re-registered with another configuration"
 REVOKE_CLIENT_DISCONNECTED = "client disconnected"
-
-
-class SchedulerError(P2prtError):
-    """A scheduler call with invalid arguments, or one that breaks an ownership rule.
-
-    Examples: ``count=0``, a negative resource amount, a client peer id that reappears
-    under another user, returning a lease held by another client.
-    """
-
-
-class UnknownWorkerError(SchedulerError):
-    """A heartbeat from a worker the scheduler does not know (timed out, or the board
-    restarted): the server should ask the worker to register again."""
 
 
 _PYTHON_RE = re.compile(r"(\d{1,3})\.(\d{1,4})(?:\.[0-9A-Za-z.+-]*)?")

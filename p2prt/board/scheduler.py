@@ -53,25 +53,36 @@ expired"), then re-runs granting and fair share in every pool with waiting deman
 Workers and clients are kept in heartbeat order, so a tick costs the number of expired
 peers plus the number of clients, never a scan of all workers.
 
+**Modules.** This file is the public API and decides *when* things happen;
+:mod:`._sched_types` holds the records and events, :mod:`._sched_state` the bookkeeping
+(:class:`~._sched_state.Book`), :mod:`._placement` the per-pool worker index,
+:mod:`._fairshare` the share computation and granting, :mod:`._sched_audit` a
+from-scratch consistency check used by the tests.
+
 **Time.** ``now`` should not go backwards; a smaller value than one seen before is
 treated as the latest one seen.
 
 Costs: a request or a return costs ``O(log L)`` placement (``L`` = distinct free-CPU
 levels) plus, when the pool is contended, ``O(n log n)`` fair-share work in the number
 of clients with demand in that pool — independent of the number of workers.
+
+**Limits.** Shares are counted in CPUs only: custom resources are checked for capacity
+and cap a shape's demand, but are not a fairness dimension of their own (no dominant
+resource fairness), so a user holding the only GPU keeps it until it returns the lease
+or is over its CPU share. Reclaims are requests: a client that ignores them keeps its
+leases until they are revoked or expire; the scheduler does not escalate.
 """
 
 from __future__ import annotations
 
-import heapq
 import math
-from collections import OrderedDict
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import replace
 
-from ._fairshare import pool_shares
+from ._fairshare import schedule
 from ._placement import WorkerState, unsatisfiable_reason
-from ._sched_state import ClientState, Demand, LeaseIds, LeaseState, Pool, PoolKey, UserDemand
+from ._sched_audit import audit
+from ._sched_state import Book, ClientState, LeaseIds, PoolKey
 from ._sched_types import (
     NO_RESOURCES,
     REVOKE_CLIENT_DISCONNECTED,
@@ -159,23 +170,10 @@ class Scheduler:
     def __init__(self, config: SchedulerConfig | None = None, *,
                  lease_id_factory: Callable[[], str] | None = None) -> None:
         self.config = config if config is not None else SchedulerConfig()
-        self._new_lease_id: Callable[[], str] = lease_id_factory if lease_id_factory is not None else LeaseIds()
-        self._now = -math.inf
-        self._seq = 0
-        self._workers: dict[str, WorkerState] = {}
-        self._worker_order: OrderedDict[str, None] = OrderedDict()  # least recently heard first
-        self._cluster_workers: dict[str, dict[str, WorkerState]] = {}
-        self._user_workers: dict[str, dict[str, WorkerState]] = {}
-        self._clients: dict[str, ClientState] = {}
-        self._client_order: OrderedDict[str, None] = OrderedDict()
-        self._user_clients: dict[str, dict[str, None]] = {}
-        self._leases: dict[str, LeaseState] = {}
-        self._pools: dict[PoolKey, Pool] = {}
-        self._cluster_gen: dict[str, int] = {}
+        self._book = Book(self.config, lease_id_factory if lease_id_factory is not None else LeaseIds())
+        self._cluster_gen: dict[str, int] = {}  # changes whenever a cluster's set of workers does
         self._feasible: dict[tuple[str, LeaseShape], tuple[int, str | None]] = {}
         self._plain_shapes: dict[tuple[int, str], LeaseShape] = {}
-        self._n_grants = self._n_returns = self._n_revokes = self._n_reclaims = 0
-        self._n_expiries = self._n_unsatisfiable = 0
 
     # ----------------------------------------------------------------- workers
 
@@ -199,29 +197,20 @@ class Scheduler:
         _count(slots, "slots")
         pairs = FrozenResources(resources, what=f"worker {peer_id}").pairs
         version = normalize_python(python)
+        book = self._book
         events: list[Event] = []
         touched: set[PoolKey] = set()
         lost: set[str] = set()
-        old = self._workers.get(peer_id)
+        old = book.workers.get(peer_id)
         if old is not None:
             if (old.user, old.cluster, old.slots, old.resources, old.python) == (user, cluster, slots, pairs, version):
                 old.host = host
-                self._touch_worker(old, now)
+                book.touch_worker(old, now)
                 return events
             self._drop_worker(old, REVOKE_WORKER_CHANGED, events, touched, lost)
-        worker = WorkerState(peer_id, user, cluster, host, slots, pairs, version, now)
-        self._workers[peer_id] = worker
-        self._worker_order[peer_id] = None
-        self._cluster_workers.setdefault(cluster, {})[peer_id] = worker
-        self._user_workers.setdefault(user, {})[peer_id] = worker
-        self._cluster_gen[cluster] = self._next_seq()
-        key = (cluster, version)
-        pool = self._pools.get(key)
-        if pool is None:
-            pool = self._pools[key] = Pool(key)
-        pool.workers.add(worker)
-        pool.recap_all()
-        touched.add(key)
+        pool = book.add_worker(WorkerState(peer_id, user, cluster, host, slots, pairs, version, now))
+        self._cluster_gen[cluster] = book.next_seq()
+        touched.add(pool.key)
         self._finish(events, touched, lost)
         return events
 
@@ -229,17 +218,17 @@ class Scheduler:
         """Keep a worker alive. Raises :class:`UnknownWorkerError` if it is not registered
         (it timed out, or the board restarted): the worker should register again."""
         now = self._clock(now)
-        worker = self._workers.get(peer_id)
+        worker = self._book.workers.get(peer_id)
         if worker is None:
             raise UnknownWorkerError(f"worker {peer_id} is not registered (timed out or the board restarted)")
-        self._touch_worker(worker, now)
+        self._book.touch_worker(worker, now)
         return []
 
     def unregister_worker(self, peer_id: str, now: float) -> list[Event]:
         """Remove a worker (it is shutting down): its leases are revoked, and demand that
         no remaining worker could hold is dropped. Unknown ``peer_id``: nothing happens."""
         self._clock(now)
-        worker = self._workers.get(peer_id)
+        worker = self._book.workers.get(peer_id)
         if worker is None:
             return []
         events: list[Event] = []
@@ -263,25 +252,22 @@ class Scheduler:
         invalid arguments or if ``client_peer_id`` is known under another user.
         """
         now = self._clock(now)
+        _name(client_peer_id, "client_peer_id")
+        _name(user, "user")
         _name(cluster, "cluster")
         _count(count, "count")
         shape = self._shape(num_cpus, resources, python)
-        client = self._client_for(client_peer_id, user, now)
+        book = self._book
+        client = book.client_for(client_peer_id, user, now)
         reason = self._unsatisfiable(cluster, shape)
         if reason is not None:
-            self._n_unsatisfiable += 1
-            self._forget_client_if_idle(client)
+            book.unsatisfiable += 1
+            book.forget_client_if_idle(client)
             return [Unsatisfiable(client_peer_id, cluster, reason, shape, count)]
-        pool = self._pools[(cluster, shape.python)]
-        demand = self._demand_for(pool, client)
-        demand.waiting[shape] = demand.waiting.get(shape, 0) + count
-        cpus = count * shape.num_cpus
-        demand.waiting_cpus += cpus
-        pool.total += cpus
-        pool.waiting[client_peer_id] = demand
-        demand.recap()
+        pool = book.pools[(cluster, shape.python)]  # exists: some worker there could hold the shape
+        book.add_waiting(book.demand_for(pool, client), shape, count)
         events: list[Event] = []
-        self._schedule(pool, events)
+        schedule(book, pool, events)
         return events
 
     def cancel_requests(self, client_peer_id: str, cluster: str, now: float) -> list[Event]:
@@ -290,16 +276,17 @@ class Scheduler:
         Returns the grants the freed share enables for others. Unknown client: nothing.
         """
         now = self._clock(now)
-        client = self._clients.get(client_peer_id)
+        book = self._book
+        client = book.clients.get(client_peer_id)
         if client is None:
             return []
-        self._touch_client(client, now)
+        book.touch_client(client, now)
         touched: set[PoolKey] = set()
         for key, demand in list(client.demands.items()):
             if key[0] == cluster and demand.waiting_cpus:
-                self._drop_waiting(demand)
+                book.drop_waiting(demand)
                 touched.add(key)
-        self._forget_client_if_idle(client)
+        book.forget_client_if_idle(client)
         events: list[Event] = []
         self._finish(events, touched, set())
         return events
@@ -314,17 +301,18 @@ class Scheduler:
         the lease belongs to another client, raises :class:`SchedulerError`.
         """
         now = self._clock(now)
-        state = self._leases.get(lease_id)
+        book = self._book
+        state = book.leases.get(lease_id)
         if state is None:
             return []
         client = state.demand.client
         if client_peer_id is not None and client_peer_id != client.peer_id:
             raise SchedulerError(f"lease {lease_id} is not held by client {client_peer_id}")
-        self._touch_client(client, now)
+        book.touch_client(client, now)
         pool = state.demand.pool
         events: list[Event] = []
-        self._end_lease(state, None, events)
-        self._schedule(pool, events)
+        book.end_lease(state, None, events)
+        schedule(book, pool, events)
         return events
 
     def heartbeat_client(self, client_peer_id: str, now: float) -> list[Event]:
@@ -333,10 +321,10 @@ class Scheduler:
         A client with no leases and no waiting demand is not tracked: nothing happens.
         """
         now = self._clock(now)
-        client = self._clients.get(client_peer_id)
+        client = self._book.clients.get(client_peer_id)
         if client is None:
             return []
-        self._touch_client(client, now)
+        self._book.touch_client(client, now)
         expires = now + self.config.lease_ttl
         for state in client.leases.values():
             if state.lease.expires < expires:
@@ -347,7 +335,7 @@ class Scheduler:
         """The client is gone: revoke its leases ("client disconnected"), drop its demand.
         Unknown client: nothing happens."""
         self._clock(now)
-        client = self._clients.get(client_peer_id)
+        client = self._book.clients.get(client_peer_id)
         if client is None:
             return []
         events: list[Event] = []
@@ -377,29 +365,30 @@ class Scheduler:
         """Expire silent workers and clients and overdue leases (see the module
         docstring), then grant and rebalance every pool with waiting demand."""
         now = self._clock(now)
+        book = self._book
         events: list[Event] = []
         touched: set[PoolKey] = set()
         lost: set[str] = set()
         limit = self.config.worker_timeout
-        while self._worker_order:
-            worker = self._workers[next(iter(self._worker_order))]
+        while book.worker_order:
+            worker = book.workers[next(iter(book.worker_order))]
             if now - worker.last_seen <= limit:
                 break
             self._drop_worker(worker, REVOKE_WORKER_LOST, events, touched, lost, expiry=True)
         limit = self.config.client_timeout
-        while self._client_order:
-            client = self._clients[next(iter(self._client_order))]
+        while book.client_order:
+            client = book.clients[next(iter(book.client_order))]
             if now - client.last_seen <= limit:
                 break
             self._drop_client(client, REVOKE_CLIENT_LOST, events, touched, expiry=True)
-        for client in list(self._clients.values()):
-            while client.leases:
+        for client in list(book.clients.values()):
+            while client.leases:  # in grant order, which is expiry order
                 state = next(iter(client.leases.values()))
                 if state.lease.expires > now:
                     break
                 touched.add(state.demand.pool.key)
-                self._end_lease(state, REVOKE_LEASE_EXPIRED, events, expiry=True)
-        touched.update(key for key, pool in self._pools.items() if pool.waiting)
+                book.end_lease(state, REVOKE_LEASE_EXPIRED, events, expiry=True)
+        touched.update(key for key, pool in book.pools.items() if pool.waiting)
         self._finish(events, touched, lost)
         return events
 
@@ -407,19 +396,20 @@ class Scheduler:
 
     def lease(self, lease_id: str) -> Lease | None:
         """The current record of a lease (with its renewed ``expires``), or None."""
-        state = self._leases.get(lease_id)
+        state = self._book.leases.get(lease_id)
         return state.lease if state is not None else None
 
     def client_leases(self, client_peer_id: str) -> tuple[Lease, ...]:
         """The client's leases, oldest first."""
-        client = self._clients.get(client_peer_id)
+        client = self._book.clients.get(client_peer_id)
         return tuple(s.lease for s in client.leases.values()) if client is not None else ()
 
     def status(self, cluster: str | None = None) -> SchedulerStatus:
         """A snapshot of workers, leases per user and waiting demand (of one cluster, or
         all). Costs a scan of everything: meant for ``p2prt status``, not the hot path."""
+        book = self._book
         workers = []
-        for w in sorted(self._workers.values(), key=lambda w: (w.cluster, w.peer_id)):
+        for w in sorted(book.workers.values(), key=lambda w: (w.cluster, w.peer_id)):
             if cluster is not None and w.cluster != cluster:
                 continue
             busy = {name: total - w.free_resources[name] for name, total in w.resources}
@@ -428,7 +418,7 @@ class Scheduler:
                 FrozenResources(dict(w.resources)), FrozenResources({k: v for k, v in busy.items() if v > 1e-9}),
                 len(w.leases), w.last_seen))
         per_user: dict[tuple[str, str], list[int]] = {}
-        for state in self._leases.values():
+        for state in book.leases.values():
             lease = state.lease
             if cluster is None or lease.cluster == cluster:
                 entry = per_user.setdefault((lease.cluster, lease.client_user), [0, 0])
@@ -436,7 +426,7 @@ class Scheduler:
                 entry[1] += lease.num_cpus
         leases = [UserLeases(c, u, n, cpus) for (c, u), (n, cpus) in sorted(per_user.items())]
         waiting = []
-        for pool in self._pools.values():
+        for pool in book.pools.values():
             if cluster is None or pool.cluster == cluster:
                 for demand in pool.waiting.values():
                     for shape, count in demand.waiting.items():
@@ -447,27 +437,28 @@ class Scheduler:
 
     def statistics(self) -> SchedulerStatistics:
         """Counters since creation and current sizes (``waiting`` counts leases)."""
-        waiting = sum(sum(d.waiting.values()) for pool in self._pools.values() for d in pool.waiting.values())
+        b = self._book
+        waiting = sum(sum(d.waiting.values()) for pool in b.pools.values() for d in pool.waiting.values())
         return SchedulerStatistics(
-            grants=self._n_grants, returns=self._n_returns, revokes=self._n_revokes, reclaims=self._n_reclaims,
-            expiries=self._n_expiries, unsatisfiable=self._n_unsatisfiable, workers=len(self._workers),
-            clients=len(self._clients), leases=len(self._leases), waiting=waiting)
+            grants=b.grants, returns=b.returns, revokes=b.revokes, reclaims=b.reclaims, expiries=b.expiries,
+            unsatisfiable=b.unsatisfiable, workers=len(b.workers), clients=len(b.clients), leases=len(b.leases),
+            waiting=waiting)
 
-    # ------------------------------------------------------- internal: state
+    # ---------------------------------------------------------------- internal
+
+    def _audit(self) -> None:
+        """Check all incremental bookkeeping from scratch (tests): AssertionError if off."""
+        audit(self._book)
 
     def _clock(self, now: float) -> float:
         if isinstance(now, bool) or not isinstance(now, int | float) or math.isnan(now):
             raise SchedulerError(f"now must be a number of seconds, got {now!r}")
-        if now > self._now:
-            self._now = float(now)
-        return self._now
-
-    def _next_seq(self) -> int:
-        self._seq += 1
-        return self._seq
+        if now > self._book.now:
+            self._book.now = float(now)
+        return self._book.now
 
     def _shape(self, num_cpus: int, resources: Mapping[str, float] | None, python: str) -> LeaseShape:
-        if not resources and type(num_cpus) is int and type(python) is str:
+        if not resources and type(num_cpus) is int and type(python) is str:  # the common case, cached
             cached = self._plain_shapes.get((num_cpus, python))
             if cached is None:
                 cached = LeaseShape(num_cpus, NO_RESOURCES, python)
@@ -476,343 +467,81 @@ class Scheduler:
             return cached
         return LeaseShape(num_cpus, resources if resources is not None else NO_RESOURCES, python)
 
-    def _touch_worker(self, worker: WorkerState, now: float) -> None:
-        worker.last_seen = now
-        self._worker_order.move_to_end(worker.peer_id)
-
-    def _touch_client(self, client: ClientState, now: float) -> None:
-        client.last_seen = now
-        self._client_order.move_to_end(client.peer_id)
-
-    def _client_for(self, peer_id: str, user: str, now: float) -> ClientState:
-        _name(peer_id, "client_peer_id")
-        _name(user, "user")
-        client = self._clients.get(peer_id)
-        if client is None:
-            client = self._clients[peer_id] = ClientState(peer_id, user, now)
-            self._client_order[peer_id] = None
-            self._user_clients.setdefault(user, {})[peer_id] = None
-        elif client.user != user:
-            raise SchedulerError(f"client {peer_id} belongs to user {client.user}, not {user}")
-        else:
-            self._touch_client(client, now)
-        return client
-
-    def _forget_client_if_idle(self, client: ClientState) -> None:
-        if client.leases or client.demands or self._clients.get(client.peer_id) is not client:
-            return
-        del self._clients[client.peer_id]
-        del self._client_order[client.peer_id]
-        mine = self._user_clients[client.user]
-        del mine[client.peer_id]
-        if not mine:
-            del self._user_clients[client.user]
-
-    def _demand_for(self, pool: Pool, client: ClientState) -> Demand:
-        demand = client.demands.get(pool.key)
-        if demand is None:
-            user = pool.users.get(client.user)
-            if user is None:
-                user = pool.users[client.user] = UserDemand(client.user, self._next_seq())
-            demand = Demand(client, pool, user, self._next_seq())
-            pool.demands[client.peer_id] = demand
-            user.clients[client.peer_id] = demand
-            client.demands[pool.key] = demand
-        return demand
-
-    def _forget_demand_if_empty(self, demand: Demand) -> None:
-        if demand.held or demand.waiting_cpus:
-            return
-        pool, client = demand.pool, demand.client
-        if pool.demands.get(client.peer_id) is not demand:
-            return
-        del pool.demands[client.peer_id]
-        pool.waiting.pop(client.peer_id, None)
-        user = demand.user
-        del user.clients[client.peer_id]
-        if not user.clients:
-            del pool.users[user.user]
-        del client.demands[pool.key]
-        self._forget_client_if_idle(client)
-
-    def _drop_waiting(self, demand: Demand, shape: LeaseShape | None = None) -> int:
-        """Drop waiting leases (of one shape, or all); returns how many were dropped."""
-        shapes = [shape] if shape is not None else list(demand.waiting)
-        dropped = 0
-        for s in shapes:
-            count = demand.waiting.pop(s, 0)
-            dropped += count
-            demand.waiting_cpus -= count * s.num_cpus
-            demand.pool.total -= count * s.num_cpus
-        if not demand.waiting_cpus:
-            demand.pool.waiting.pop(demand.client.peer_id, None)
-        demand.recap()
-        self._forget_demand_if_empty(demand)
-        return dropped
-
-    def _end_lease(self, state: LeaseState, reason: str | None, events: list[Event], expiry: bool = False) -> None:
-        """Remove a lease: returned (``reason`` None) or revoked."""
-        lease, shape, demand = state.lease, state.shape, state.demand
-        del self._leases[lease.lease_id]
-        del demand.client.leases[lease.lease_id]
-        del state.worker.leases[lease.lease_id]
-        pool = demand.pool
-        pool.workers.release(state.worker, shape)
-        n = shape.num_cpus
-        demand.held -= n
-        left = demand.held_by_shape[shape] - n
-        if left:
-            demand.held_by_shape[shape] = left
-        else:
-            del demand.held_by_shape[shape]
-        if state.reclaimed:
-            demand.reclaiming -= n
-        demand.user.held -= n
-        pool.total -= n
-        if reason is None:
-            self._n_returns += 1
-        else:
-            self._n_revokes += 1
-            self._n_expiries += int(expiry)
-            events.append(Revoke(lease.lease_id, lease.client_peer_id, lease.worker_peer_id, reason))
-        demand.recap()
-        self._forget_demand_if_empty(demand)
-
     def _drop_worker(self, worker: WorkerState, reason: str, events: list[Event], touched: set[PoolKey],
                      lost: set[str], expiry: bool = False) -> None:
+        book = self._book
         for lease_id in list(worker.leases):
-            self._end_lease(self._leases[lease_id], reason, events, expiry)
-        key = (worker.cluster, worker.python)
-        pool = self._pools[key]
-        pool.workers.remove(worker)
-        pool.recap_all()
-        del self._workers[worker.peer_id]
-        del self._worker_order[worker.peer_id]
-        for index, name in ((self._cluster_workers, worker.cluster), (self._user_workers, worker.user)):
-            group = index[name]
-            del group[worker.peer_id]
-            if not group:
-                del index[name]
-        self._cluster_gen[worker.cluster] = self._next_seq()
-        touched.add(key)
+            book.end_lease(book.leases[lease_id], reason, events, expiry)
+        touched.add(book.remove_worker(worker).key)
+        self._cluster_gen[worker.cluster] = book.next_seq()
         lost.add(worker.cluster)
 
     def _drop_client(self, client: ClientState, reason: str, events: list[Event], touched: set[PoolKey],
                      expiry: bool) -> None:
+        book = self._book
         for state in list(client.leases.values()):
             touched.add(state.demand.pool.key)
-            self._end_lease(state, reason, events, expiry)
+            book.end_lease(state, reason, events, expiry)
         for key, demand in list(client.demands.items()):
             touched.add(key)
-            self._drop_waiting(demand)
-        self._forget_client_if_idle(client)
+            book.drop_waiting(demand)
+        book.forget_client_if_idle(client)
 
     def _remove(self, user: str, cluster: str | None) -> list[Event]:
+        book = self._book
         events: list[Event] = []
         touched: set[PoolKey] = set()
         lost: set[str] = set()
         reason = REVOKE_MEMBER_REMOVED if cluster is not None else REVOKE_USER_REMOVED
-        for peer_id in list(self._user_clients.get(user, ())):
-            client = self._clients[peer_id]
+        for peer_id in list(book.user_clients.get(user, ())):
+            client = book.clients[peer_id]
             for state in list(client.leases.values()):
                 if cluster is None or state.lease.cluster == cluster:
                     touched.add(state.demand.pool.key)
-                    self._end_lease(state, reason, events)
+                    book.end_lease(state, reason, events)
             for key, demand in list(client.demands.items()):
                 if cluster is None or key[0] == cluster:
                     touched.add(key)
-                    self._drop_waiting(demand)
-            self._forget_client_if_idle(client)
-        for worker in list(self._user_workers.get(user, {}).values()):
+                    book.drop_waiting(demand)
+            book.forget_client_if_idle(client)
+        for worker in list(book.user_workers.get(user, {}).values()):
             if cluster is None or worker.cluster == cluster:
                 self._drop_worker(worker, REVOKE_WORKER_REMOVED, events, touched, lost)
         self._finish(events, touched, lost)
         return events
 
     def _unsatisfiable(self, cluster: str, shape: LeaseShape) -> str | None:
-        """Why no live worker of ``cluster`` could ever hold ``shape`` (cached per cluster
-        generation), or None."""
+        """Why no live worker of ``cluster`` could ever hold ``shape``, or None. Cached
+        until the cluster's set of workers changes."""
         gen = self._cluster_gen.get(cluster, 0)
         hit = self._feasible.get((cluster, shape))
         if hit is not None and hit[0] == gen:
             return hit[1]
-        reason = unsatisfiable_reason(cluster, shape, list(self._cluster_workers.get(cluster, {}).values()))
+        reason = unsatisfiable_reason(cluster, shape, list(self._book.cluster_workers.get(cluster, {}).values()))
         if len(self._feasible) >= 4096:
             self._feasible.clear()
         self._feasible[(cluster, shape)] = (gen, reason)
         return reason
 
     def _finish(self, events: list[Event], touched: Iterable[PoolKey], lost: set[str]) -> None:
-        """After workers left ``lost`` clusters, drop demand nothing can hold; then grant
-        and rebalance the ``touched`` pools and forget empty ones."""
+        """After workers left the ``lost`` clusters, drop waiting demand that nothing can
+        hold any more; then grant and rebalance the ``touched`` pools, forget empty ones."""
+        book = self._book
         keys = set(touched)
         for cluster in sorted(lost):
-            for key in [k for k in self._pools if k[0] == cluster]:
+            for key in [k for k in book.pools if k[0] == cluster]:
                 keys.add(key)
-                for demand in list(self._pools[key].waiting.values()):
+                for demand in list(book.pools[key].waiting.values()):
                     for shape in list(demand.waiting):
                         reason = self._unsatisfiable(cluster, shape)
                         if reason is not None:
-                            dropped = self._drop_waiting(demand, shape)
-                            self._n_unsatisfiable += 1
+                            dropped = book.drop_waiting(demand, shape)
+                            book.unsatisfiable += 1
                             events.append(Unsatisfiable(demand.client.peer_id, cluster, reason, shape, dropped))
         for key in sorted(keys):
-            pool = self._pools.get(key)
+            pool = book.pools.get(key)
             if pool is None:
                 continue
-            self._schedule(pool, events)
+            schedule(book, pool, events)
             if not pool.workers.workers and not pool.demands:
-                del self._pools[key]
-
-    # -------------------------------------------------- internal: scheduling
-
-    def _schedule(self, pool: Pool, events: list[Event]) -> None:
-        """Grant waiting demand within fair share; ask over-share clients for leases back."""
-        if not pool.waiting:
-            return
-        failed: set[LeaseShape] = set()  # shapes that found no room in this pass
-        if pool.total <= pool.workers.capacity:  # uncontended: everyone's share is its demand
-            for demand in list(pool.waiting.values()):
-                while demand.waiting_cpus and self._grant_one(pool, demand, failed, events):
-                    pass
-            return
-        user_share, client_share = pool_shares(pool)
-        heap: list[tuple[float, int, str]] = []
-        for peer_id, demand in pool.waiting.items():
-            share = client_share[peer_id]
-            if demand.held < share and demand.user.held < user_share[demand.user.user]:
-                heap.append((demand.held / share, demand.seq, peer_id))
-        heapq.heapify(heap)
-        while heap:
-            _, seq, peer_id = heapq.heappop(heap)
-            demand = pool.demands[peer_id]
-            share = client_share[peer_id]
-            if demand.user.held >= user_share[demand.user.user]:  # another client of the user took it
-                continue
-            if not self._grant_one(pool, demand, failed, events):
-                continue
-            if demand.waiting_cpus and demand.held < share and demand.user.held < user_share[demand.user.user]:
-                heapq.heappush(heap, (demand.held / share, seq, peer_id))
-        starved = [shape for peer_id, demand in pool.waiting.items() if demand.held < client_share[peer_id]
-                   for shape in demand.waiting]
-        if not starved:
-            return
-        for peer_id, demand in pool.demands.items():
-            share = client_share[peer_id]
-            if demand.held - demand.reclaiming > share:
-                self._reclaim(demand, share, starved, events)
-
-    def _grant_one(self, pool: Pool, demand: Demand, failed: set[LeaseShape], events: list[Event]) -> bool:
-        """Grant one waiting lease of the client's first shape that fits somewhere."""
-        for shape in demand.waiting:
-            if shape in failed:
-                continue
-            worker = pool.workers.find(shape)
-            if worker is None:
-                failed.add(shape)
-                continue
-            self._grant(pool, demand, shape, worker, events)
-            return True
-        return False
-
-    def _grant(self, pool: Pool, demand: Demand, shape: LeaseShape, worker: WorkerState,
-               events: list[Event]) -> None:
-        lease_id = self._new_lease_id()
-        if lease_id in self._leases:
-            raise SchedulerError(f"lease id factory returned a duplicate id {lease_id!r}")
-        client = demand.client
-        now = self._now
-        lease = Lease(lease_id, pool.cluster, client.peer_id, client.user, worker.peer_id, shape.num_cpus,
-                      shape.resources, shape.python, now, now + self.config.lease_ttl)
-        pool.workers.allocate(worker, shape)
-        state = LeaseState(lease, shape, worker, demand, self._next_seq())
-        self._leases[lease_id] = state
-        client.leases[lease_id] = state
-        worker.leases[lease_id] = None
-        n = shape.num_cpus
-        left = demand.waiting[shape] - 1
-        if left:
-            demand.waiting[shape] = left
-        else:
-            del demand.waiting[shape]
-        demand.waiting_cpus -= n
-        demand.held += n
-        demand.held_by_shape[shape] = demand.held_by_shape.get(shape, 0) + n
-        demand.user.held += n
-        if not demand.waiting_cpus:
-            del pool.waiting[client.peer_id]
-        self._n_grants += 1
-        events.append(Grant(lease))
-
-    def _reclaim(self, demand: Demand, share: int, starved: list[LeaseShape], events: list[Event]) -> None:
-        """Ask for the client's excess above ``share`` back, newest leases first,
-        preferring workers that the ``starved`` shapes could use."""
-        candidates = [s for s in reversed(demand.client.leases.values()) if s.demand is demand and not s.reclaimed]
-        if any(shape.pairs or shape.num_cpus > 1 for shape in starved):
-            def useless(state: LeaseState) -> bool:
-                w = state.worker
-                return not any(s.names <= w.signature and s.num_cpus <= w.slots for s in starved)
-            candidates.sort(key=useless)  # stable: newest first within each group
-        excess = demand.held - demand.reclaiming - share
-        for state in candidates:
-            n = state.shape.num_cpus
-            if n > excess:
-                continue
-            state.reclaimed = True
-            demand.reclaiming += n
-            excess -= n
-            lease = state.lease
-            self._n_reclaims += 1
-            events.append(Reclaim(lease.lease_id, lease.client_peer_id, lease.worker_peer_id))
-            if excess <= 0:
-                break
-
-    def _audit(self) -> None:
-        """Recompute every incremental counter from scratch and compare (tests, debugging).
-
-        Raises AssertionError on the first mismatch. Costs a scan of everything.
-        """
-        for lease_id, state in self._leases.items():
-            assert state.lease.lease_id == lease_id
-            assert state.demand.client.leases.get(lease_id) is state, lease_id
-            assert lease_id in state.worker.leases and self._workers.get(state.worker.peer_id) is state.worker
-        for worker in self._workers.values():
-            states = [self._leases[lease_id] for lease_id in worker.leases]
-            assert worker.free_cpus == worker.slots - sum(s.shape.num_cpus for s in states), worker.peer_id
-            for name, total in worker.resources:
-                used = sum(dict(s.shape.pairs).get(name, 0.0) for s in states)
-                assert abs(worker.free_resources[name] - (total - used)) < 1e-6, (worker.peer_id, name)
-            assert self._pools[(worker.cluster, worker.python)].workers.workers.get(worker.peer_id) is worker
-        for order, peers in ((self._worker_order, self._workers), (self._client_order, self._clients)):
-            assert order.keys() == peers.keys()
-            seen = [peers[p].last_seen for p in order]
-            assert seen == sorted(seen), "heartbeat order"
-        for client in self._clients.values():
-            assert client.leases or client.demands, client.peer_id
-            for key, demand in client.demands.items():
-                assert self._pools[key].demands.get(client.peer_id) is demand
-        for key, pool in self._pools.items():
-            assert pool.workers.capacity == sum(w.slots for w in pool.workers.workers.values()), key
-            total = 0
-            for peer_id, demand in pool.demands.items():
-                states = [s for s in demand.client.leases.values() if s.demand is demand]
-                by_shape: dict[LeaseShape, int] = {}
-                for s in states:
-                    by_shape[s.shape] = by_shape.get(s.shape, 0) + s.shape.num_cpus
-                assert demand.held_by_shape == by_shape, peer_id
-                assert demand.held == sum(by_shape.values())
-                assert demand.reclaiming == sum(s.shape.num_cpus for s in states if s.reclaimed)
-                assert demand.waiting_cpus == sum(n * s.num_cpus for s, n in demand.waiting.items())
-                assert all(n > 0 for n in demand.waiting.values())
-                assert (peer_id in pool.waiting) == bool(demand.waiting_cpus)
-                assert demand.held or demand.waiting_cpus
-                capped = demand.capped
-                demand.recap()
-                assert demand.capped == capped, (peer_id, capped, demand.capped)
-                assert pool.users[demand.user.user].clients.get(peer_id) is demand
-                total += demand.held + demand.waiting_cpus
-            assert pool.total == total, key
-            for user in pool.users.values():
-                assert user.clients
-                assert user.held == sum(d.held for d in user.clients.values())
-                assert user.capped == sum(d.capped for d in user.clients.values())
+                del book.pools[key]

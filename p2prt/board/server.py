@@ -48,7 +48,7 @@ from ..wire.handshake import PeerInfo
 from ..wire.messages import Message
 from .client import BOARD_MAX_FRAME
 from .config import BoardConfig
-from .scheduler import Grant, Reclaim, Revoke, Scheduler, Unsatisfiable
+from .scheduler import Grant, Reclaim, Revoke, Scheduler, Unsatisfiable, UnknownWorkerError
 from .status import status_to_wire
 from .store import Store
 
@@ -72,6 +72,7 @@ class Session:
     cancel: trio.CancelScope = field(default_factory=trio.CancelScope)
     worker_cluster: str | None = None
     listen: list[m.Address] = field(default_factory=list)
+    registration: m.WorkerRegister | None = None
 
     def push(self, msg: Message) -> None:
         try:
@@ -230,8 +231,12 @@ class BoardServer:
     def _on_heartbeat(self, s: Session, msg: m.Heartbeat) -> Any:
         now = self.clock()
         self.scheduler.heartbeat_client(s.peer_id, now)
-        if s.worker_cluster is not None:
-            self.scheduler.heartbeat_worker(s.peer_id, now)
+        if s.registration is not None:
+            try:
+                self.scheduler.heartbeat_worker(s.peer_id, now)
+            except UnknownWorkerError:
+                # Timed out while still connected (e.g. a stalled laptop): register again.
+                self._register_worker(s, s.registration)
         return None
 
     def _on_cluster_create(self, s: Session, msg: m.ClusterCreate) -> Any:
@@ -267,11 +272,16 @@ class BoardServer:
         return self.store.members(msg.cluster)
 
     def _on_worker_register(self, s: Session, msg: m.WorkerRegister) -> Any:
+        self._register_worker(s, msg)
+        return {"observed": s.observed.to_wire() if s.observed else None}
+
+    def _register_worker(self, s: Session, msg: m.WorkerRegister) -> None:
         user = self._require_member(s, msg.cluster)
         if s.worker_cluster is not None and s.worker_cluster != msg.cluster:
             self._route(self.scheduler.unregister_worker(s.peer_id, self.clock()))
         s.worker_cluster = msg.cluster
         s.listen = list(msg.listen)
+        s.registration = msg
         events = self.scheduler.register_worker(
             s.peer_id,
             user=user,
@@ -283,7 +293,6 @@ class BoardServer:
             now=self.clock(),
         )
         self._route(events)
-        return {"observed": s.observed.to_wire() if s.observed else None}
 
     def _on_lease_request(self, s: Session, msg: m.LeaseRequest) -> Any:
         user = self._require_member(s, msg.cluster)
