@@ -114,6 +114,8 @@ def _plain(value: Any, path: str, depth: int = 0) -> Any:
         for k, v in value.items():
             if not isinstance(k, (str, int)):
                 raise InvalidMessageError(f"{path}: map keys must be str or int, got {_tname(k)}")
+            if isinstance(k, int) and not isinstance(k, bool) and not INT_MIN <= k <= INT_MAX:
+                raise InvalidMessageError(f"{path}: map key out of the 64-bit range")
             _plain(v, path, depth + 1)
         return value
     raise InvalidMessageError(f"{path}: {_tname(value)} is not plain CBOR data")
