@@ -21,8 +21,7 @@ from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import TypeAlias
 
-from ..errors import SchedulerError, UnknownWorkerError  # noqa: F401  (re-exported)
-from ..errors import ConfigError, P2prtError
+from ..errors import ConfigError, P2prtError, SchedulerError, UnknownWorkerError  # noqa: F401  (re-exported)
 
 __all__ = [
     "SchedulerError",

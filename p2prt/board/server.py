@@ -23,11 +23,10 @@ The board never sees task payloads: only who holds which lease, heartbeats and c
 from __future__ import annotations
 
 import logging
-import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, ClassVar
 
 import trio
 
@@ -42,13 +41,14 @@ from ..identity.board import load_or_create_board_key
 from ..identity.certificate import NodeIdentity, PeerId
 from ..identity.keys import SshKey
 from ..transport import MessageChannel, NoiseStream, remote_address, serve_secure
+from ..transport._errors import unwrap_single_group
 from ..wire import board as m
 from ..wire.control import ErrorReply, Goodbye
 from ..wire.handshake import PeerInfo
 from ..wire.messages import Message
 from .client import BOARD_MAX_FRAME
 from .config import BoardConfig
-from .scheduler import Grant, Reclaim, Revoke, Scheduler, Unsatisfiable, UnknownWorkerError
+from .scheduler import Grant, Reclaim, Revoke, Scheduler, UnknownWorkerError, Unsatisfiable
 from .status import status_to_wire
 from .store import Store
 
@@ -161,7 +161,7 @@ class BoardServer:
         s.push(m.Welcome(account, s.observed, self.config.registration, self.config.heartbeat_interval))
         log.info("session %s from %s", peer, addr)
         try:
-            with s.cancel:
+            with s.cancel, unwrap_single_group():
                 async with trio.open_nursery() as nursery:
                     nursery.start_soon(self._writer, s, receive)
                     await self._reader(s)
@@ -183,9 +183,10 @@ class BoardServer:
                 while len(batch) < 512:
                     try:
                         batch.append(receive.receive_nowait())
-                    except trio.WouldBlock:
+                    except (trio.WouldBlock, trio.EndOfChannel):
                         break
                 await s.channel.send_many(batch)
+        s.cancel.cancel()  # outbox closed: the session is over
 
     async def _reader(self, s: Session) -> None:
         async for msg in s.channel:
@@ -203,7 +204,8 @@ class BoardServer:
                     )
                 reply = handler(self, s, msg)
             except P2prtError as exc:
-                s.push(ErrorReply(type(exc).__name__, str(exc), rid))
+                code = exc.code if isinstance(exc, BoardRequestError) else type(exc).__name__
+                s.push(ErrorReply(code, str(exc), rid))
                 continue
             if rid is not None and reply is not _NO_REPLY:
                 s.push(m.Ok(rid, reply))
@@ -214,7 +216,8 @@ class BoardServer:
         assert s.user is not None
         if not self.store.is_member(cluster, s.user):
             raise NotMemberError(
-                f"{s.user} is not a member of {cluster}; its owner can add you with: p2prt cluster add {cluster} {s.user}"
+                f"{s.user} is not a member of {cluster}; its owner can add you with: "
+                f"p2prt cluster add {cluster} {s.user}"
             )
         return s.user
 
@@ -333,7 +336,7 @@ class BoardServer:
             visible = {c.name for c in self.store.clusters_for(s.user)}
         return status_to_wire(self.scheduler.status(), visible)
 
-    _handlers: dict[type, Callable[["BoardServer", Session, Any], Any]] = {
+    _handlers: ClassVar[dict[type, Callable[[BoardServer, Session, Any], Any]]] = {
         m.Register: _on_register,
         m.Heartbeat: _on_heartbeat,
         m.ClusterCreate: _on_cluster_create,
@@ -407,8 +410,16 @@ class BoardServer:
                 continue
             if self.store.user_for_fingerprint(s.peer.fingerprint) != s.user:
                 log.info("account or key of %s removed; disconnecting", s.peer)
-                self._route(self.scheduler.remove_user(s.user, now))
-                s.cancel.cancel()
+                if self.store.user_exists(s.user):  # only this key went: end this session's state
+                    events = self.scheduler.disconnect_client(s.peer_id, now)
+                    if s.worker_cluster is not None:
+                        events += self.scheduler.unregister_worker(s.peer_id, now)
+                    self._route(events)
+                else:
+                    self._route(self.scheduler.remove_user(s.user, now))
+                s.push(Goodbye("your account or key was removed from this board"))
+                s.outbox.close()  # the writer flushes what is queued, then ends the session
+                s.cancel.deadline = min(s.cancel.deadline, trio.current_time() + 5.0)
         status = self.scheduler.status()
         pairs = {(w.cluster, w.user) for w in status.workers}
         pairs |= {(u.cluster, u.user) for u in status.leases}

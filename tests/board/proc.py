@@ -25,12 +25,24 @@ class BoardProcess:
     def address(self) -> str:
         return f"127.0.0.1:{self.port}"
 
-    def start(self) -> "BoardProcess":
+    def start(self) -> BoardProcess:
         cmd = [
-            sys.executable, "-m", "p2prt", "board", "--data", str(self.data), "--port", str(self.port),
-            "--registration", self.registration, "--heartbeat-timeout", str(self.heartbeat_timeout),
+            sys.executable,
+            "-m",
+            "p2prt",
+            "board",
+            "--data",
+            str(self.data),
+            "--port",
+            str(self.port),
+            "--registration",
+            self.registration,
+            "--heartbeat-timeout",
+            str(self.heartbeat_timeout),
         ]
-        self.proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=os.environ.copy())
+        self.proc = subprocess.Popen(
+            cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=os.environ.copy()
+        )
         assert self.proc.stdout is not None
         seen = []
         for line in self.proc.stdout:  # bounded by pytest-timeout if the board never starts

@@ -52,7 +52,9 @@ def test_accounts_clusters_survive_restart_and_workers_reregister(tmp_path: Path
 
     async def register_worker(client: object) -> None:
         await client.call(  # type: ignore[attr-defined]
-            lambda rid: m.WorkerRegister(rid, "alice/friends", 3, {}, "3.11", "bobs-laptop", [m.Address("127.0.0.1", 9)])
+            lambda rid: m.WorkerRegister(
+                rid, "alice/friends", 3, {}, "3.11", "bobs-laptop", [m.Address("127.0.0.1", 9)]
+            )
         )
 
     async def scenario() -> None:
