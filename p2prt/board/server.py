@@ -95,6 +95,8 @@ class BoardServer:
         self.identity = NodeIdentity.create(self.board_key, "board", kind="board")
         self.scheduler = Scheduler(config.scheduler)
         self.sessions: dict[str, Session] = {}
+        # Lease requests for clusters with no live worker yet: replayed on registration.
+        self._parked: dict[str, list[tuple[Session, m.LeaseRequest]]] = {}
         self.port: int | None = None
         self._data_version = self.store.data_version()
 
@@ -169,6 +171,7 @@ class BoardServer:
         finally:
             if self.sessions.get(s.peer_id) is s:
                 del self.sessions[s.peer_id]
+            self._drop_parked(s)
             now = self.clock()
             events = self.scheduler.disconnect_client(s.peer_id, now)
             if s.worker_cluster is not None:
@@ -296,12 +299,20 @@ class BoardServer:
             now=self.clock(),
         )
         self._route(events)
+        if msg.cluster in self._parked:
+            self._unpark(msg.cluster)
 
     def _on_lease_request(self, s: Session, msg: m.LeaseRequest) -> Any:
-        user = self._require_member(s, msg.cluster)
+        self._require_member(s, msg.cluster)
+        s.push(m.Ok(msg.rid, None))  # the Ok goes out first; grants follow in the same batch
+        self._request(s, msg)
+        return _NO_REPLY
+
+    def _request(self, s: Session, msg: m.LeaseRequest) -> None:
+        assert s.user is not None
         events = self.scheduler.request_leases(
             s.peer_id,
-            user,
+            s.user,
             msg.cluster,
             msg.count,
             num_cpus=msg.num_cpus,
@@ -309,12 +320,27 @@ class BoardServer:
             python=msg.python or s.peer.versions.python,
             now=self.clock(),
         )
-        # The Ok goes out first; grants follow in the same batch.
-        s.push(m.Ok(msg.rid, None))
+        if any(isinstance(ev, Unsatisfiable) for ev in events) and not self.scheduler.status(msg.cluster).workers:
+            # No worker at all yet: wait for one rather than fail (workers come and go).
+            self._parked.setdefault(msg.cluster, []).append((s, msg))
+            events = [ev for ev in events if not isinstance(ev, Unsatisfiable)]
         self._route(events)
-        return _NO_REPLY
+
+    def _unpark(self, cluster: str) -> None:
+        for s, msg in self._parked.pop(cluster, []):
+            if self.sessions.get(s.peer_id) is s:
+                self._request(s, msg)
+
+    def _drop_parked(self, s: Session, cluster: str | None = None) -> None:
+        for name in [cluster] if cluster is not None else list(self._parked):
+            kept = [(sess, msg) for sess, msg in self._parked.get(name, []) if sess is not s]
+            if kept:
+                self._parked[name] = kept
+            else:
+                self._parked.pop(name, None)
 
     def _on_lease_cancel(self, s: Session, msg: m.LeaseCancel) -> Any:
+        self._drop_parked(s, msg.cluster)
         self._route(self.scheduler.cancel_requests(s.peer_id, msg.cluster, self.clock()))
         return None
 
@@ -334,7 +360,15 @@ class BoardServer:
             visible = {msg.cluster}
         else:
             visible = {c.name for c in self.store.clusters_for(s.user)}
-        return status_to_wire(self.scheduler.status(), visible)
+        status = status_to_wire(self.scheduler.status(), visible)
+        for cluster, parked in self._parked.items():
+            if cluster in visible:
+                for sess, req in parked:
+                    status["waiting"].append({
+                        "client": sess.peer_id, "user": sess.user, "cluster": cluster, "count": req.count,
+                        "num_cpus": req.num_cpus, "resources": dict(req.resources or {}),
+                    })
+        return status
 
     _handlers: ClassVar[dict[type, Callable[[BoardServer, Session, Any], Any]]] = {
         m.Register: _on_register,

@@ -14,9 +14,9 @@ from collections.abc import Sequence
 
 from .. import __version__
 from ..errors import P2prtError
-from . import board, cluster, keys
+from . import board, cluster, demo, keys, worker
 
-_COMMANDS = (keys, board, cluster)
+_COMMANDS = (keys, board, cluster, worker, demo)
 
 
 def build_parser() -> argparse.ArgumentParser:

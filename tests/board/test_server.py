@@ -384,6 +384,18 @@ async def test_python_mismatch_is_unsatisfiable(board: RunningBoard) -> None:
         assert st["waiting"] == [] and st["leases"] == []
 
 
+async def test_requests_wait_for_the_first_worker(board: RunningBoard) -> None:
+    async with board.connect("alice") as alice, board.connect("alice") as worker:
+        await request_leases(alice, "alice/personal", 2)
+        st = await status(alice, "alice/personal")
+        assert [w["count"] for w in st["waiting"]] == [2]  # parked, not refused
+        await register_worker(worker, "alice/personal", 2)
+        grants = await expect_pushes(alice, m.LeaseGranted, 2)
+        assert len({g.ticket.lease_id for g in grants}) == 2
+        st = await status(alice, "alice/personal")
+        assert st["waiting"] == []
+
+
 # -- 10. hostile input --------------------------------------------------------------------
 
 

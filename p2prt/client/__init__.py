@@ -1,0 +1,1 @@
+"""The client role: owns tasks and their results, leases workers, dispatches directly."""

@@ -1,0 +1,115 @@
+"""One Noise connection from a client to a worker, carrying several leases.
+
+Outgoing messages are queued synchronously (``enqueue``) and written by one writer task
+in batches: whatever accumulated while the previous write was in flight goes out in one
+``send_all``. Replies to ``Attach`` are matched by request id; everything else goes to
+the runtime's handler.
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import trio
+
+from ..errors import P2prtError
+from ..transport import MessageChannel
+from ..wire.board import LeaseTicket
+from ..wire.control import ErrorReply
+from ..wire.messages import Message
+from ..wire.peer import Attach, Attached
+
+__all__ = ["WorkerConnection", "ClientLease"]
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(eq=False)
+class ClientLease:
+    ticket: LeaseTicket
+    shape: tuple[int, tuple[tuple[str, float], ...]]
+    conn: "WorkerConnection | None" = None
+    inflight: set[int] = field(default_factory=set)
+    active: bool = False
+    draining: bool = False
+    idle_since: float = 0.0
+    last_result: float = 0.0
+
+    @property
+    def lease_id(self) -> str:
+        return self.ticket.lease_id
+
+
+class WorkerConnection:
+    def __init__(self, channel: MessageChannel, on_message: Callable[["WorkerConnection", Message], None]) -> None:
+        self.channel = channel
+        self.peer_id = bytes(channel.peer.peer_id)
+        self.name = channel.peer.user
+        self.host = ""
+        self.leases: dict[str, ClientLease] = {}
+        self.sent_fns: set[bytes] = set()
+        self.inflight: dict[int, Any] = {}
+        self.closed = False
+        self._on_message = on_message
+        self._outbox: list[Message] = []
+        self._has_data = trio.Event()
+        self._rids = itertools.count(1)
+        self._replies: dict[int, tuple[trio.Event, list[Message]]] = {}
+
+    @property
+    def label(self) -> str:
+        return f"{self.name}@{self.host}" if self.host else self.name
+
+    def enqueue(self, msg: Message) -> None:
+        self._outbox.append(msg)
+        self._has_data.set()
+
+    async def attach(self, ticket: LeaseTicket) -> Attached:
+        rid = next(self._rids)
+        done = trio.Event()
+        slot: list[Message] = []
+        self._replies[rid] = (done, slot)
+        self.enqueue(Attach(rid, ticket))
+        try:
+            await done.wait()
+        finally:
+            self._replies.pop(rid, None)
+        if not slot:
+            raise P2prtError(f"connection to worker {self.label} closed while attaching")
+        reply = slot[0]
+        if isinstance(reply, ErrorReply):
+            raise P2prtError(f"worker {self.label} refused lease: {reply.message}")
+        assert isinstance(reply, Attached)
+        self.host = reply.worker_host
+        return reply
+
+    async def writer(self) -> None:
+        while True:
+            await self._has_data.wait()
+            self._has_data = trio.Event()
+            batch, self._outbox = self._outbox, []
+            if batch:
+                await self.channel.send_many(batch)
+
+    async def reader(self) -> None:
+        async for msg in self.channel:
+            if isinstance(msg, (Attached, ErrorReply)):
+                rid = msg.rid if isinstance(msg, Attached) else msg.request_id
+                entry = self._replies.get(rid) if rid is not None else None
+                if entry is not None:
+                    entry[1].append(msg)
+                    entry[0].set()
+                    continue
+                if isinstance(msg, ErrorReply):
+                    log.warning("worker %s: %s", self.label, msg.message)
+                    continue
+            self._on_message(self, msg)
+
+    def fail_pending(self) -> None:
+        self.closed = True
+        for done, _ in self._replies.values():
+            done.set()

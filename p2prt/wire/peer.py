@@ -1,0 +1,139 @@
+"""Messages between a client (the owner of tasks) and a worker, peer to peer.
+
+A client opens one Noise connection per worker and first presents a lease ticket
+(:class:`Attach`); the worker checks the board's signature, that the ticket names this
+worker and the connecting peer, and that it has not expired or been revoked. Functions
+travel once per connection (:class:`DefineFunction`) and are then named by their hash.
+Tasks are pushed in batches (:class:`SubmitTasks`); results come back in batches
+(:class:`TaskResults`). Payloads are cloudpickle bytes plus out-of-band buffers; the
+worker never unpickles them itself — its executor subprocesses do.
+"""
+
+from __future__ import annotations
+
+from .board import LeaseTicket
+from .messages import Message, Record, message, record
+
+__all__ = [
+    "Attach", "Attached", "Detach", "DefineFunction", "TaskSpec", "SubmitTasks", "CancelTask",
+    "TaskResult", "TaskResults", "TaskOutput", "NestedSubmit", "NestedSubmitted", "NestedGet",
+    "NestedValues", "ObjectValue",
+]
+
+
+@message("peer.attach")
+class Attach(Message):
+    rid: int
+    ticket: LeaseTicket
+
+
+@message("peer.attached")
+class Attached(Message):
+    rid: int
+    lease_id: str
+    worker_user: str
+    worker_host: str
+    python: str
+
+
+@message("peer.detach")
+class Detach(Message):
+    """The client is done with this lease (it returns it to the board next)."""
+
+    lease_id: str
+
+
+@message("peer.define_function")
+class DefineFunction(Message):
+    fn_id: bytes
+    payload: bytes
+
+
+@record
+class TaskSpec(Record):
+    task_id: int
+    lease_id: str
+    fn_id: bytes
+    args: bytes
+    buffers: list[bytes]
+    name: str
+    timeout: float | None = None
+
+
+@message("peer.submit")
+class SubmitTasks(Message):
+    tasks: list[TaskSpec]
+
+
+@message("peer.cancel")
+class CancelTask(Message):
+    task_id: int
+    force: bool = False
+
+
+@record
+class TaskResult(Record):
+    """``status``: ``ok`` (data = pickled value), ``error`` (data = pickled exception
+    info), ``crashed`` (the executor died), ``timeout``, ``cancelled``, ``rejected``."""
+
+    task_id: int
+    status: str
+    data: bytes
+    buffers: list[bytes]
+    message: str = ""
+
+
+@message("peer.results")
+class TaskResults(Message):
+    results: list[TaskResult]
+
+
+@message("peer.output")
+class TaskOutput(Message):
+    """Lines a task printed, forwarded to the owner's terminal."""
+
+    task_id: int
+    stream: str
+    text: str
+
+
+@record
+class ObjectValue(Record):
+    object_id: bytes
+    status: str
+    data: bytes
+    buffers: list[bytes]
+    message: str = ""
+
+
+@message("peer.nested_submit")
+class NestedSubmit(Message):
+    """A running task submits tasks; the owner schedules them like its own."""
+
+    rid: int
+    parent_task_id: int
+    fn_payload: bytes
+    calls: list[bytes]
+    options: bytes
+
+
+@message("peer.nested_submitted")
+class NestedSubmitted(Message):
+    rid: int
+    object_ids: list[bytes]
+
+
+@message("peer.nested_get")
+class NestedGet(Message):
+    """A running task waits for values; its slot is lent out while it waits."""
+
+    rid: int
+    parent_task_id: int
+    object_ids: list[bytes]
+    timeout: float | None = None
+
+
+@message("peer.nested_values")
+class NestedValues(Message):
+    rid: int
+    values: list[ObjectValue]

@@ -1,0 +1,1 @@
+"""The worker role: lends this machine's CPUs to a cluster."""

@@ -1,0 +1,523 @@
+"""The code that runs inside an executor subprocess: ``python -m p2prt.worker.executor FD``.
+
+``FD`` is this process's end of a socketpair with the worker (see
+:mod:`p2prt.worker._execproto` for the frames). The executor is a plain blocking loop on
+the main thread: it receives chunks of tasks, runs them one after another and sends the
+results of a chunk back in one frame when the chunk ends — earlier after any task that
+took more than 5 ms, so a slow task's result is never held back by the rest of its chunk.
+Start-up imports only the standard library pieces it needs; ``cloudpickle`` is loaded
+with the first function.
+
+While a task runs, ``sys.stdout``/``sys.stderr`` forward its output line by line, and
+:func:`request` lets runtime code inside the task ask the worker something (a nested
+``submit`` or ``get``) and block for the answer.
+
+Cancellation: the worker sends ``("cancel", task_id)`` and then SIGINT. The SIGINT
+handler reads the pending frames; a cancelled task that has not started is skipped, the
+running one gets ``KeyboardInterrupt`` (and is reported ``"cancelled"`` if that ends it).
+A SIGINT without a cancel for the running task is ignored. The handler never raises while
+the main thread is inside this module's own I/O, so frames on the pipe stay whole.
+
+Resource limits are applied here at start-up (``--memory`` bytes of address space,
+``RLIMIT_AS``) and before every task (``--cpu`` seconds of CPU time *per task*, as a
+moving ``RLIMIT_CPU`` soft limit; exceeding it kills the executor with SIGXCPU). They
+guard against runaway tasks, not against a hostile one: use the sandbox for that.
+"""
+
+from __future__ import annotations
+
+import _thread
+import io
+import os
+import pickle
+import signal
+import socket
+import sys
+import threading
+import time
+from collections import deque
+from typing import Any
+
+from ..errors import ConnectionClosedError, P2prtError
+from ._execproto import FrameReader, RemoteErrorInfo, encode
+
+__all__ = ["current_task_id", "in_executor", "main", "request"]
+
+#: Results are flushed right after a task that ran longer than this (seconds).
+SLOW_TASK = 0.005
+
+_END = None  # marks the end of a chunk in the work queue
+_MAIN = threading.main_thread().ident
+_RECV = 1 << 16
+_MAX_RECV = 1 << 22
+
+_executor: _Executor | None = None
+
+
+def request(kind: str, payload: tuple[Any, ...]) -> Any:
+    """Send a nested request to the worker and block until it answers.
+
+    ``kind`` names the request (``"submit"``, ``"get"``, ...); while a ``"get"`` waits,
+    the worker lends this executor's slot to another executor. Returns the worker's
+    answer, or raises the exception the worker answered with. Raises
+    ``KeyboardInterrupt`` if the running task is cancelled meanwhile, and
+    :class:`~p2prt.errors.P2prtError` outside an executor.
+    """
+    ex = _executor
+    if ex is None:
+        raise P2prtError("p2prt.worker.executor.request() works only inside an executor subprocess")
+    return ex.request(kind, payload)
+
+
+def in_executor() -> bool:
+    """True inside an executor subprocess."""
+    return _executor is not None
+
+
+def current_task_id() -> int | None:
+    """The id of the task running in this executor, if any."""
+    return None if _executor is None else _executor.current
+
+
+class _TaskOutput(io.TextIOBase):
+    """``sys.stdout``/``sys.stderr`` inside an executor: complete lines (and whatever is
+    flushed) go to the worker as ``("out", task_id, stream, text)``."""
+
+    def __init__(self, ex: _Executor, name: str, fd: int) -> None:
+        super().__init__()
+        self._ex = ex
+        self._name = name
+        self._fd = fd
+        self._parts: list[str] = []
+        self._size = 0
+
+    @property
+    def encoding(self) -> str:  # type: ignore[override]
+        return "utf-8"
+
+    @property
+    def errors(self) -> str:  # type: ignore[override]
+        return "strict"
+
+    def writable(self) -> bool:
+        return True
+
+    def isatty(self) -> bool:
+        return False
+
+    def fileno(self) -> int:
+        return self._fd
+
+    def write(self, s: str) -> int:
+        if not isinstance(s, str):
+            raise TypeError(f"write() argument must be str, not {type(s).__name__}")
+        cut = s.rfind("\n")
+        if cut < 0:
+            self._parts.append(s)
+            self._size += len(s)
+            if self._size >= 1 << 16:
+                self.flush()
+            return len(s)
+        head, tail = s[: cut + 1], s[cut + 1 :]
+        if self._parts:
+            self._parts.append(head)
+            head = "".join(self._parts)
+        self._parts = [tail] if tail else []
+        self._size = len(tail)
+        self._ex.send_output(self._name, head)
+        return len(s)
+
+    def flush(self) -> None:
+        if self._parts:
+            text = "".join(self._parts)
+            self._parts = []
+            self._size = 0
+            self._ex.send_output(self._name, text)
+
+
+class _Executor:
+    """State of this executor process (one instance, module-level :data:`_executor`)."""
+
+    def __init__(self, sock: socket.socket, cpu_time_limit: int | None) -> None:
+        self.sock = sock
+        self.cpu_time_limit = cpu_time_limit
+        self.reader = FrameReader()
+        self.work: deque[tuple[Any, ...] | None] = deque()  # tasks, None = end of a chunk
+        self.pending: set[int] = set()  # ids of tasks in ``work``
+        self.cancelled: set[int] = set()  # pending tasks cancelled before they started
+        self.fns: dict[bytes, Any] = {}  # fn_id -> payload bytes, or the loaded function
+        self.results: list[tuple[Any, ...]] = []
+        self.replies: dict[int, tuple[bool, Any]] = {}
+        self.waiting: set[int] = set()  # rids of requests still waiting for their reply
+        self.current: int | None = None
+        self.in_task = False
+        self.cancel_current = False  # a cancel for the running task arrived, not yet raised
+        self.cancel_requested = False  # ... and it is the reason if the task ends interrupted
+        self.deferred = False  # a SIGINT arrived while the handler could not act
+        self.guard = 0  # > 0 while the main thread is inside this module's I/O
+        self.lending = False  # a "get" is waiting: chunks are given back, not queued
+        self.lending_rid = 0
+        self.exiting = False
+        self.eof = False
+        self.lock = threading.Lock()  # the reader, the work queue and the flags above
+        self.send_lock = threading.Lock()
+        self.request_lock = threading.Lock()
+        self.next_rid = 0
+        self.outputs: list[_TaskOutput] = []
+        self.dumps: Any = None
+
+    # ----------------------------------------------------------------- sending
+
+    def send(self, frames: list[bytes]) -> None:
+        data = frames[0] if len(frames) == 1 else b"".join(frames)
+        with self.send_lock:
+            self.sock.sendall(data)
+
+    def send_output(self, stream: str, text: str) -> None:
+        main = threading.get_ident() == _MAIN
+        if main:
+            self.guard += 1
+        try:
+            tid = -1 if self.current is None else self.current
+            self.send([encode(("out", tid, stream, text))])
+        finally:
+            if main:
+                self.guard -= 1
+                if not self.guard and (self.deferred or self.cancel_current) and self.in_task:
+                    self.check_interrupt()
+
+    def flush_results(self) -> None:
+        if self.results:
+            results, self.results = self.results, []
+            self.send([self.encode_results(results)])
+
+    def encode_results(self, results: list[tuple[Any, ...]]) -> bytes:
+        try:
+            return encode(("res", results))
+        except (ValueError, OverflowError, MemoryError):  # a result too large for one frame
+            parts = [encode(("res", [r])) if _fits(r) else _too_large(r) for r in results]
+            return b"".join(parts)
+
+    # --------------------------------------------------------------- receiving
+
+    def receive(self, *, block: bool) -> None:
+        """Read from the worker and handle what arrived. Caller holds ``self.lock``."""
+        while True:
+            try:
+                size = min(max(_RECV, self.reader.wanted), _MAX_RECV)
+                data = self.sock.recv(size) if block else self.sock.recv(size, socket.MSG_DONTWAIT)
+            except BlockingIOError:
+                return
+            if not data:
+                self.eof = True
+                return
+            self.reader.feed(data)
+            for msg in self.reader.messages():
+                self.accept(msg)
+            if block:
+                return
+
+    def accept(self, msg: tuple[Any, ...]) -> None:
+        kind = msg[0]
+        if kind == "run":
+            tasks = msg[1]
+            if self.lending:
+                self.send([encode(("back", [t[0] for t in tasks]))])
+                return
+            for task in tasks:
+                self.pending.add(task[0])
+            self.work.extend(tasks)
+            self.work.append(_END)
+        elif kind == "fn":
+            self.fns[msg[1]] = msg[2]
+        elif kind == "cancel":
+            tid = msg[1]
+            if tid == self.current and self.current is not None:
+                self.cancel_current = self.cancel_requested = True
+                if threading.get_ident() != _MAIN:
+                    _thread.interrupt_main(signal.SIGINT)
+            elif tid in self.pending:
+                self.cancelled.add(tid)
+        elif kind == "rep":
+            if msg[1] in self.waiting:
+                self.replies[msg[1]] = (msg[2], msg[3])
+                if msg[1] == self.lending_rid:
+                    self.lending = False  # the worker counts this slot as runnable again
+        elif kind == "exit":
+            self.exiting = True
+
+    # ---------------------------------------------------------- cancellation
+
+    def on_sigint(self, signum: int, frame: Any) -> None:
+        if not self.in_task or self.guard:
+            self.deferred = True
+            return
+        self.check_interrupt()
+
+    def check_interrupt(self) -> None:
+        """Read pending frames if no one else is; raise KeyboardInterrupt if the running
+        task was cancelled. Only on the main thread, outside this module's I/O."""
+        self.deferred = False
+        if self.lock.acquire(blocking=False):
+            try:
+                self.receive(block=False)
+            finally:
+                self.lock.release()
+        if self.cancel_current and self.in_task:
+            self.cancel_current = False
+            raise KeyboardInterrupt
+
+    # ----------------------------------------------------------------- requests
+
+    def request(self, kind: str, payload: tuple[Any, ...]) -> Any:
+        main = threading.get_ident() == _MAIN
+        if main:
+            self.guard += 1
+        try:
+            with self.request_lock:
+                ok, value = self._request(kind, payload)
+        finally:
+            if main:
+                self.guard -= 1
+        if main and not self.guard and (self.deferred or self.cancel_current) and self.in_task:
+            self.check_interrupt()
+        if ok:
+            return value
+        raise value
+
+    def _request(self, kind: str, payload: tuple[Any, ...]) -> tuple[bool, Any]:
+        rid = self.next_rid = self.next_rid + 1
+        frames = [encode(("req", rid, self.current, kind, payload))]
+        with self.lock:
+            if kind == "get":
+                done, back = self._lend()
+                frames = [*done, *frames, *back]  # "req" before "back": the slot is lent first
+                self.lending_rid = rid
+            self.waiting.add(rid)
+        try:
+            self.send(frames)
+            while True:
+                with self.lock:
+                    if rid in self.replies:
+                        return self.replies.pop(rid)
+                    if self.cancel_current and threading.get_ident() == _MAIN:
+                        return True, None  # check_interrupt raises in request()
+                    if self.eof:
+                        return False, ConnectionClosedError("the worker closed the executor's pipe")
+                    self.receive(block=True)
+        finally:
+            with self.lock:
+                self.waiting.discard(rid)
+                self.replies.pop(rid, None)
+                if kind == "get":
+                    self.lending = False
+
+    def _lend(self) -> tuple[list[bytes], list[bytes]]:
+        """Before a "get" blocks: the finished results to send, and the tasks not started
+        to give back. Caller holds ``self.lock``."""
+        back = [t[0] for t in self.work if t is not _END and t[0] not in self.cancelled]
+        for tid in self.pending & self.cancelled:
+            self.results.append((tid, "cancelled", b"", []))
+        self.work.clear()
+        self.pending.clear()
+        self.cancelled.clear()
+        self.lending = True
+        done = []
+        if self.results:
+            results, self.results = self.results, []
+            done.append(self.encode_results(results))
+        return done, [encode(("back", back))] if back else []
+
+    # ---------------------------------------------------------------- the loop
+
+    def next_item(self) -> tuple[Any, ...] | bool | None:
+        """The next task, ``None`` at the end of a chunk, False when it is time to exit."""
+        with self.lock:
+            if self.eof:
+                return False  # the worker is gone: results could not be delivered
+            while not self.work:
+                if self.exiting or self.eof:
+                    return False
+                self.flush_results()
+                self.receive(block=True)
+            if self.deferred:
+                self.deferred = False
+                self.receive(block=False)
+            item = self.work.popleft()
+            if item is not _END:
+                self.pending.discard(item[0])
+            return item
+
+    def loop(self) -> None:
+        while True:
+            item = self.next_item()
+            if item is False:
+                break
+            if item is None:
+                self.flush_results()
+                continue
+            assert isinstance(item, tuple)
+            tid = item[0]
+            if tid in self.cancelled:
+                self.cancelled.discard(tid)
+                self.results.append((tid, "cancelled", b"", []))
+                continue
+            start = time.perf_counter()
+            try:
+                result = self.run(item)
+            except KeyboardInterrupt:  # raised in the instants around the task itself
+                self.in_task = False
+                result = (tid, "cancelled", b"", [])
+            for out in self.outputs:
+                out.flush()
+            self.current = None
+            self.cancel_current = self.cancel_requested = False
+            self.results.append(result)
+            if time.perf_counter() - start > SLOW_TASK:
+                self.flush_results()
+        self.flush_results()
+
+    def run(self, task: tuple[Any, ...]) -> tuple[Any, ...]:
+        tid, fn_id, data, buffers = task
+        self.current = tid
+        if self.cpu_time_limit:
+            _arm_cpu_limit(self.cpu_time_limit)
+        loading = True
+        try:
+            self.in_task = True
+            fn = self.function(fn_id)
+            args, kwargs = pickle.loads(data, buffers=buffers)
+            loading = False
+            value = fn(*args, **kwargs)
+            out, bufs = self.dumps(value)
+            self.in_task = False
+            return (tid, "ok", out, [pickle.PickleBuffer(memoryview(b).toreadonly()) for b in bufs])
+        except KeyboardInterrupt as exc:
+            self.in_task = False
+            if self.cancel_requested:
+                return (tid, "cancelled", b"", [])
+            return (tid, "error", _error_info(exc, False), [])
+        except BaseException as exc:
+            self.in_task = False
+            return (tid, "error", _error_info(exc, loading), [])
+
+    def function(self, fn_id: bytes) -> Any:
+        fn = self.fns.get(fn_id)
+        if fn is None:
+            raise P2prtError(f"function {fn_id.hex()} was never sent to this executor")
+        if self.dumps is None:
+            from ..serialization import dumps
+
+            self.dumps = dumps
+        if isinstance(fn, bytes):
+            fn = pickle.loads(fn)
+            self.fns[fn_id] = fn
+        return fn
+
+
+def _fits(result: tuple[Any, ...]) -> bool:
+    try:
+        encode(("res", [result]))
+    except (ValueError, OverflowError, MemoryError):
+        return False
+    return True
+
+
+def _too_large(result: tuple[Any, ...]) -> bytes:
+    exc = P2prtError("the task's result is too large for the executor pipe (4 GiB per frame)")
+    return encode(("res", [(result[0], "error", _error_info(exc, False), [])]))
+
+
+def _error_info(exc: BaseException, loading: bool) -> bytes:
+    """cloudpickled :class:`RemoteErrorInfo` for ``exc``, without this module's frames."""
+    import traceback
+
+    import cloudpickle
+
+    from ..serialization import missing_package
+
+    tb = exc.__traceback__
+    while tb is not None and tb.tb_frame.f_code.co_filename == __file__:
+        tb = tb.tb_next
+    try:
+        text = "".join(traceback.format_exception(type(exc), exc, tb))
+    except Exception:
+        text = f"{type(exc).__qualname__} (traceback could not be formatted)\n"
+    try:
+        message = str(exc)
+    except Exception:
+        message = f"<{type(exc).__qualname__}: str() failed>"
+    blob: bytes | None
+    try:
+        blob = cloudpickle.dumps(exc, protocol=5)
+        pickle.loads(blob)
+    except Exception:
+        blob = None
+    info = RemoteErrorInfo(
+        type_module=type(exc).__module__,
+        type_qualname=type(exc).__qualname__,
+        exception=blob,
+        message=message,
+        traceback=text,
+        missing_package=missing_package(exc) if loading else None,
+    )
+    data: bytes = cloudpickle.dumps(info, protocol=5)
+    return data
+
+
+def _arm_cpu_limit(seconds: int) -> None:
+    """Let the coming task use ``seconds`` more CPU seconds than used so far."""
+    import resource
+
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    used = int(usage.ru_utime + usage.ru_stime) + 1
+    _soft, hard = resource.getrlimit(resource.RLIMIT_CPU)
+    soft = used + seconds
+    if hard != resource.RLIM_INFINITY:
+        soft = min(soft, hard)
+    resource.setrlimit(resource.RLIMIT_CPU, (soft, hard))
+
+
+def _parse(argv: list[str]) -> tuple[int, int | None, int | None]:
+    fd = int(argv[0])
+    memory = cpu = None
+    rest = iter(argv[1:])
+    for flag in rest:
+        if flag == "--memory":
+            memory = int(next(rest))
+        elif flag == "--cpu":
+            cpu = int(next(rest))
+        else:
+            raise SystemExit(f"p2prt executor: unknown option {flag!r}")
+    return fd, memory, cpu
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Run the executor loop on the inherited socket until the worker closes it."""
+    global _executor
+    fd, memory, cpu = _parse(sys.argv[1:] if argv is None else argv)
+    if memory is not None:
+        import resource
+
+        resource.setrlimit(resource.RLIMIT_AS, (memory, memory))
+    sock = socket.socket(fileno=fd)
+    sock.set_inheritable(False)
+    ex = _executor = _Executor(sock, cpu)
+    signal.signal(signal.SIGINT, ex.on_sigint)
+    ex.outputs = [_TaskOutput(ex, "stdout", 1), _TaskOutput(ex, "stderr", 2)]
+    sys.stdout, sys.stderr = ex.outputs
+    ex.send([encode(("ready", os.getpid()))])
+    try:
+        ex.loop()
+    except (BrokenPipeError, ConnectionResetError):
+        pass  # the worker is gone
+    finally:
+        sys.stdout, sys.stderr = sys.__stdout__, sys.__stderr__
+
+
+if __name__ == "__main__":
+    # Run as ``-m``, this file is ``__main__``; tasks import ``p2prt.worker.executor`` to
+    # reach :func:`request`, so the state must live in that module, not in this copy.
+    from p2prt.worker import executor
+
+    executor.main()

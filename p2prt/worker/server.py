@@ -1,0 +1,328 @@
+"""The worker process: lends slots to a cluster and runs leased clients' tasks.
+
+Theory of operation
+-------------------
+The worker listens for Noise connections, then keeps a session with the board
+(:class:`~p2prt.board.link.BoardLink`, re-registering after board restarts) announcing
+its slots, Python version and listen addresses. A client that holds a lease connects
+and presents the board-signed ticket (:class:`~p2prt.wire.peer.Attach`); the worker
+accepts it only if the board's signature verifies, it names this worker and the
+connecting peer, it is for this worker's cluster, it has not expired, and the board has
+not revoked it. Tasks arriving on a connection run only under a lease attached to that
+connection. The worker never unpickles payloads: its executor subprocesses
+(:class:`~p2prt.worker.pool.ExecutorPool`) do. Results, printed output and nested
+requests flow back over the same connection, batched per write. When a client's
+connection ends, its queued and running tasks are cancelled.
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import os
+import socket
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import trio
+
+from ..board.client import BoardClient
+from ..board.link import BoardLink
+from ..errors import P2prtError
+from ..identity.certificate import NodeIdentity
+from ..identity.keys import SshPublicKey
+from ..identity.known_boards import KnownBoards
+from ..transport import MessageChannel, NoiseStream, serve_secure
+from ..wire import board as bm
+from ..wire import peer as pm
+from ..wire.control import ErrorReply
+from ..wire.handshake import local_versions
+from ..wire.messages import Message
+from .pool import ExecResult, ExecTask, ExecutorPool
+
+__all__ = ["WorkerServer", "WorkerConfig"]
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class WorkerConfig:
+    board_address: str
+    cluster: str
+    slots: int
+    resources: Mapping[str, float] = field(default_factory=dict)
+    listen_host: str = "0.0.0.0"
+    listen_port: int = 0
+    announce: tuple[str, ...] = ()
+    memory_limit: int | None = None
+    cpu_time_limit: int | None = None
+    sandbox: bool = False
+
+
+@dataclass(eq=False)
+class _ClientConn:
+    channel: MessageChannel
+    leases: dict[str, bm.LeaseTicket] = field(default_factory=dict)
+    fns: dict[bytes, bytes] = field(default_factory=dict)
+    tasks: dict[int, tuple[int, str]] = field(default_factory=dict)  # pool id -> (client id, lease)
+    outbox: list[Message] = field(default_factory=list)
+    has_data: trio.Event = field(default_factory=trio.Event)
+    rids: Any = field(default_factory=lambda: itertools.count(1))
+    replies: dict[int, tuple[trio.Event, list[Message]]] = field(default_factory=dict)
+
+    def enqueue(self, msg: Message) -> None:
+        self.outbox.append(msg)
+        self.has_data.set()
+
+    async def request(self, make: Callable[[int], Message]) -> Message:
+        rid = next(self.rids)
+        done = trio.Event()
+        slot: list[Message] = []
+        self.replies[rid] = (done, slot)
+        self.enqueue(make(rid))
+        try:
+            await done.wait()
+        finally:
+            self.replies.pop(rid, None)
+        if not slot:
+            raise P2prtError("the client went away")
+        return slot[0]
+
+
+class WorkerServer:
+    def __init__(
+        self,
+        config: WorkerConfig,
+        identity: NodeIdentity,
+        *,
+        known_boards: KnownBoards | None = None,
+        pin: bool = True,
+        on_ready: Callable[[list[str]], None] | None = None,
+    ) -> None:
+        self.config = config
+        self.identity = identity
+        self.host = socket.gethostname()
+        self.python = local_versions().python
+        self.board_key: SshPublicKey | None = None
+        self.members: list[str] = []
+        self._known_boards = known_boards
+        self._pin = pin
+        self._on_ready = on_ready
+        self._clients: dict[bytes, _ClientConn] = {}
+        self._revoked: set[str] = set()
+        self._ids = itertools.count(1)
+        self._owner: dict[int, _ClientConn] = {}
+        self._port = 0
+        self._board: BoardClient | None = None
+        env = {**os.environ, "P2PRT_EXECUTOR": "1"}
+        self.pool = ExecutorPool(
+            config.slots,
+            on_results=self._on_results,
+            on_output=self._on_output,
+            on_nested=self._on_nested,
+            memory_limit=config.memory_limit,
+            cpu_time_limit=config.cpu_time_limit,
+            sandbox=config.sandbox,
+            env=env,
+        )
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        async with trio.open_nursery() as nursery:
+            await nursery.start(self.pool.run)
+            listeners = await nursery.start(
+                lambda task_status: serve_secure(
+                    self._serve_client,
+                    self.identity,
+                    host=self.config.listen_host,
+                    port=self.config.listen_port,
+                    task_status=task_status,
+                )
+            )
+            self._port = int(listeners[0].socket.getsockname()[1])
+            link = BoardLink(
+                self.config.board_address,
+                self.identity,
+                on_connect=self._register,
+                on_push=self._on_board_push,
+                known_boards=self._known_boards,
+                pin=self._pin,
+            )
+            await nursery.start(link.run)
+            if self._on_ready is not None:
+                self._on_ready(self.members)
+            task_status.started()
+
+    # -- board
+
+    def _announce(self, client: BoardClient) -> list[bm.Address]:
+        hosts = list(self.config.announce)
+        if not hosts:
+            if self.config.listen_host not in ("0.0.0.0", "::", ""):
+                hosts = [self.config.listen_host]
+            else:
+                observed = client.welcome.observed
+                hosts = [observed.host] if observed else []
+                if "127.0.0.1" not in hosts:
+                    hosts.append("127.0.0.1")
+        return [bm.Address(h, self._port) for h in hosts]
+
+    async def _register(self, client: BoardClient) -> None:
+        self._board = client
+        self.board_key = client.board_key
+        resources = {k: float(v) for k, v in self.config.resources.items()}
+        await client.call(
+            lambda rid: bm.WorkerRegister(
+                rid, self.config.cluster, self.config.slots, resources, self.python, self.host, self._announce(client)
+            )
+        )
+        self.members = list(await client.call(lambda rid: bm.ClusterMembers(rid, self.config.cluster)))
+
+    async def _on_board_push(self, msg: Message) -> None:
+        if isinstance(msg, bm.LeaseRevoked):
+            self._revoked.add(msg.lease_id)
+            for conn in self._clients.values():
+                if conn.leases.pop(msg.lease_id, None) is not None:
+                    for pool_id, (_, lease_id) in list(conn.tasks.items()):
+                        if lease_id == msg.lease_id:
+                            self.pool.cancel(pool_id, force=True)
+
+    # -- clients
+
+    def _check_ticket(self, ticket: bm.LeaseTicket, stream: NoiseStream) -> str | None:
+        if self.board_key is None or not ticket.verify(self.board_key):
+            return "the lease ticket is not signed by this worker's board"
+        if ticket.worker_peer_id != bytes(self.identity.peer_id):
+            return "the lease ticket is for another worker"
+        if ticket.client_peer_id != bytes(stream.peer.peer_id):
+            return "the lease ticket was issued to another client"
+        if ticket.cluster != self.config.cluster:
+            return f"the lease ticket is for {ticket.cluster}, this worker serves {self.config.cluster}"
+        if ticket.expires <= time.time():
+            return "the lease ticket has expired"
+        if ticket.lease_id in self._revoked:
+            return "the lease was revoked"
+        return None
+
+    async def _serve_client(self, stream: NoiseStream) -> None:
+        conn = _ClientConn(MessageChannel(stream))
+        peer = bytes(stream.peer.peer_id)
+        old = self._clients.get(peer)
+        self._clients[peer] = conn
+        try:
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(self._writer, conn)
+                async for msg in conn.channel:
+                    self._on_client_message(conn, stream, msg)
+                nursery.cancel_scope.cancel()
+        finally:
+            if self._clients.get(peer) is conn:
+                del self._clients[peer]
+            for pool_id in list(conn.tasks):
+                self.pool.cancel(pool_id, force=True)
+                self._owner.pop(pool_id, None)
+            for done, _ in conn.replies.values():
+                done.set()
+            del old
+
+    async def _writer(self, conn: _ClientConn) -> None:
+        while True:
+            await conn.has_data.wait()
+            conn.has_data = trio.Event()
+            batch, conn.outbox = conn.outbox, []
+            if batch:
+                await conn.channel.send_many(batch)
+
+    def _on_client_message(self, conn: _ClientConn, stream: NoiseStream, msg: Message) -> None:
+        if isinstance(msg, pm.SubmitTasks):
+            self._submit(conn, msg.tasks)
+        elif isinstance(msg, pm.DefineFunction):
+            conn.fns[msg.fn_id] = msg.payload
+        elif isinstance(msg, pm.Attach):
+            problem = self._check_ticket(msg.ticket, stream)
+            if problem is not None:
+                log.warning("refused a lease from %s: %s", stream.peer, problem)
+                conn.enqueue(ErrorReply("LeaseRefused", problem, msg.rid))
+            else:
+                conn.leases[msg.ticket.lease_id] = msg.ticket
+                conn.enqueue(pm.Attached(msg.rid, msg.ticket.lease_id, self.identity.user, self.host, self.python))
+        elif isinstance(msg, pm.Detach):
+            conn.leases.pop(msg.lease_id, None)
+        elif isinstance(msg, pm.CancelTask):
+            for pool_id, (client_id, _) in conn.tasks.items():
+                if client_id == msg.task_id:
+                    self.pool.cancel(pool_id, force=msg.force)
+                    break
+        elif isinstance(msg, (pm.NestedSubmitted, pm.NestedValues, ErrorReply)):
+            rid = msg.request_id if isinstance(msg, ErrorReply) else msg.rid
+            entry = conn.replies.get(rid) if rid is not None else None
+            if entry is not None:
+                entry[1].append(msg)
+                entry[0].set()
+        else:
+            conn.enqueue(ErrorReply("BoardRequestError", f"unexpected message {type(msg).__name__}", None))
+
+    def _submit(self, conn: _ClientConn, specs: list[pm.TaskSpec]) -> None:
+        batch: list[ExecTask] = []
+        refused: list[pm.TaskResult] = []
+        for spec in specs:
+            if spec.lease_id not in conn.leases:
+                refused.append(pm.TaskResult(spec.task_id, "rejected", b"", [], "no such lease on this connection"))
+                continue
+            payload = conn.fns.get(spec.fn_id)
+            if payload is None:
+                refused.append(pm.TaskResult(spec.task_id, "crashed", b"", [], "function was never defined"))
+                continue
+            pool_id = next(self._ids)
+            conn.tasks[pool_id] = (spec.task_id, spec.lease_id)
+            self._owner[pool_id] = conn
+            batch.append(ExecTask(pool_id, spec.fn_id, payload, spec.args, list(spec.buffers), spec.timeout))
+        if refused:
+            conn.enqueue(pm.TaskResults(refused))
+        if batch:
+            self.pool.submit(batch)
+
+    def _on_results(self, results: list[ExecResult]) -> None:
+        per_conn: dict[_ClientConn, list[pm.TaskResult]] = {}
+        for r in results:
+            conn = self._owner.pop(r.task_id, None)
+            if conn is None:
+                continue
+            entry = conn.tasks.pop(r.task_id, None)
+            if entry is None:
+                continue
+            per_conn.setdefault(conn, []).append(
+                pm.TaskResult(entry[0], r.status, r.data, [bytes(b) for b in r.buffers], r.message)
+            )
+        for conn, items in per_conn.items():
+            conn.enqueue(pm.TaskResults(items))
+        if self._board is not None:
+            self._board.busy = len(self._owner)
+
+    def _on_output(self, pool_id: int, stream: str, text: str) -> None:
+        conn = self._owner.get(pool_id)
+        if conn is not None and pool_id in conn.tasks:
+            conn.enqueue(pm.TaskOutput(conn.tasks[pool_id][0], stream, text))
+
+    async def _on_nested(self, pool_id: int, request: tuple[str, Any]) -> Any:
+        conn = self._owner.get(pool_id)
+        if conn is None or pool_id not in conn.tasks:
+            raise P2prtError("the task's client is gone")
+        client_task_id = conn.tasks[pool_id][0]
+        kind, payload = request
+        if kind == "submit":
+            fn_payload, calls, options = payload
+            reply = await conn.request(lambda rid: pm.NestedSubmit(rid, client_task_id, fn_payload, calls, options))
+            if isinstance(reply, ErrorReply):
+                raise P2prtError(reply.message)
+            assert isinstance(reply, pm.NestedSubmitted)
+            return list(reply.object_ids)
+        if kind == "get":
+            object_ids, timeout = payload
+            reply = await conn.request(lambda rid: pm.NestedGet(rid, client_task_id, list(object_ids), timeout))
+            if isinstance(reply, ErrorReply):
+                raise P2prtError(reply.message)
+            assert isinstance(reply, pm.NestedValues)
+            return [(v.object_id, v.status, v.data, list(v.buffers), v.message) for v in reply.values]
+        raise P2prtError(f"unknown nested request {kind!r}")
