@@ -13,6 +13,7 @@ from ..board.client import BoardClient, open_board_client, resolve_board_address
 from ..config import config_file, load_user_config
 from ..identity import NodeIdentity, default_user_name, load_user_key
 from ..wire import board as m
+from ..wire.messages import Message
 
 
 def _common(p: argparse.ArgumentParser) -> None:
@@ -92,7 +93,7 @@ def cmd_register(args: argparse.Namespace) -> int:
 
 def cmd_cluster(args: argparse.Namespace) -> int:
     action = args.action
-    makers: dict[str, Callable[[int], m.Message]] = {
+    makers: dict[str, Callable[[int], Message]] = {
         "create": lambda rid: m.ClusterCreate(rid, args.name),
         "delete": lambda rid: m.ClusterDelete(rid, getattr(args, "cluster", "")),
         "add": lambda rid: m.ClusterAdd(rid, getattr(args, "cluster", ""), getattr(args, "users", [])),

@@ -47,7 +47,7 @@ def dual_error(cause: BaseException | None, cause_type: type | None, message: st
         except (AttributeError, TypeError):
             pass
     Exception.__init__(exc, message)
-    exc.cause_type = cause_type.__name__ if cause_type else ""  # type: ignore[union-attr]
+    exc.cause_type = cause_type.__name__ if cause_type else ""
     exc.worker = worker
     if cause is not None:
         exc.__cause__ = cause

@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import collections
 import concurrent.futures
+import functools
 import itertools
 import logging
 import math
@@ -220,7 +221,7 @@ class ClientRuntime:
         deps += [v.id for v in kwargs.values() if isinstance(v, ObjectRef)]
         object_id = new_object_id()
         self.store.create(object_id)
-        name = options.name or getattr(fn, "__qualname__", "task")
+        name = str(options.name or getattr(fn, "__qualname__", "task"))
         if deps:
             task = Task(next(self._task_ids), object_id, fn_id, payload, name, options, None, [], (args, kwargs), deps)
         else:
@@ -322,7 +323,7 @@ class ClientRuntime:
         if missing:
             for dep in missing:
                 self._waiting_on[dep].append(task)
-                self.store.future(dep).add_done_callback(lambda _f, dep=dep: self._call_soon(self._dep_done, dep))
+                self.store.future(dep).add_done_callback(functools.partial(self._dep_ready, dep))
             return
         for dep in task.deps:
             outcome = self.store.outcome(dep)
@@ -330,6 +331,9 @@ class ClientRuntime:
                 self._finish(task, outcome)
                 return
         self._queues[task.options.shape].append(task)
+
+    def _dep_ready(self, dep: bytes, _future: object) -> None:
+        self._call_soon(self._dep_done, dep)
 
     def _dep_done(self, dep: bytes) -> None:
         for task in self._waiting_on.pop(dep, []):
@@ -442,18 +446,18 @@ class ClientRuntime:
             assert self._nursery is not None
             self._nursery.start_soon(self._activate, lease, list(msg.worker_addrs))
         elif isinstance(msg, bm.LeaseReclaim):
-            lease = self._leases.get(msg.lease_id)
-            if lease is not None:
-                lease.draining = True
-                if not lease.inflight:
-                    self._release(lease)
+            reclaimed = self._leases.get(msg.lease_id)
+            if reclaimed is not None:
+                reclaimed.draining = True
+                if not reclaimed.inflight:
+                    self._release(reclaimed)
         elif isinstance(msg, bm.LeaseRevoked):
-            lease = self._leases.pop(msg.lease_id, None)
-            if lease is not None:
-                lease.draining = True
-                lease.active = False
-                if lease.conn is not None:
-                    lease.conn.leases.pop(lease.lease_id, None)
+            revoked = self._leases.pop(msg.lease_id, None)
+            if revoked is not None:
+                revoked.draining = True
+                revoked.active = False
+                if revoked.conn is not None:
+                    revoked.conn.leases.pop(revoked.lease_id, None)
             self._place()
         elif isinstance(msg, bm.LeaseUnsatisfiable):
             reason = msg.reason
@@ -602,7 +606,7 @@ class ClientRuntime:
                 task.attempts -= 1
                 self._requeue(task)
             elif r.status == "cancelled":
-                self._finish(task, Failed(lambda t=task: TaskCancelledError(f"task {t.name} was cancelled")))
+                self._finish(task, Failed(functools.partial(TaskCancelledError, f"task {task.name} was cancelled")))
             elif r.status == "timeout":
                 self._retry_or_fail(task, "timeout", r.message or f"task {task.name} timed out")
             else:

@@ -220,7 +220,7 @@ async def _run_handshake(
             data = await transport.receive_some(_RECEIVE_SIZE)
             if not data:
                 raise TruncatedFrameError(f"connection closed during the handshake ({hs.state.value})")
-            reply = hs.receive_data(data)
+            reply = hs.receive_data(bytes(data))
             if reply:
                 await transport.send_all(reply)
     except P2prtError as exc:

@@ -8,6 +8,7 @@ lease returns are fire-and-forget.
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any
 
 import cbor2
@@ -171,7 +172,7 @@ class LeaseTicket(Record):
         return _TICKET_DOMAIN + cbor2.dumps(fields)
 
     def signed(self, board_key: SshKey) -> "LeaseTicket":
-        return LeaseTicket(*self.to_wire()[:-1], board_key.sign(self.signed_bytes()))  # type: ignore[arg-type]
+        return dataclasses.replace(self, signature=board_key.sign(self.signed_bytes()))
 
     def verify(self, board_key: SshPublicKey) -> bool:
         return board_key.verify(self.signature, self.signed_bytes())

@@ -20,7 +20,7 @@ import io
 import types
 import typing
 from collections.abc import Callable
-from typing import Any, ClassVar, TypeVar
+from typing import Any, ClassVar, TypeVar, dataclass_transform
 
 import cbor2
 
@@ -45,8 +45,12 @@ _REGISTRY: dict[str, type["Message"]] = {}
 _Check = Callable[[Any, str], Any]  # (value, path) -> converted value; raises InvalidMessageError
 
 
+@dataclass_transform(frozen_default=True)
 class Record:
-    """Base of wire structures: frozen dataclasses encoded as CBOR arrays."""
+    """Base of wire structures: frozen dataclasses encoded as CBOR arrays.
+
+    (``dataclass_transform`` tells type checkers that subclasses are dataclasses; the
+    :func:`record` / :func:`message` decorators make them so at run time.)"""
 
     _fields: ClassVar[tuple[str, ...]]
     _checks: ClassVar[tuple[_Check, ...]]
@@ -202,7 +206,7 @@ _R = TypeVar("_R", bound=type)
 
 def record(cls: _R) -> _R:
     """Class decorator: make ``cls`` (a :class:`Record` subclass) a checked frozen dataclass."""
-    dc = dataclasses.dataclass(frozen=True, slots=True)(cls)
+    dc: Any = dataclasses.dataclass(frozen=True, slots=True)(cls)
     hints = typing.get_type_hints(dc)
     fields = dataclasses.fields(dc)
     compiled = [_compile(hints[f.name]) for f in fields]
@@ -212,7 +216,8 @@ def record(cls: _R) -> _R:
     dc._required = sum(
         1 for f in fields if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
     )
-    return dc
+    result: _R = dc
+    return result
 
 
 def message(tag: str) -> Callable[[_R], _R]:
@@ -223,7 +228,7 @@ def message(tag: str) -> Callable[[_R], _R]:
             raise ValueError(f"message tag {tag!r} is already used by {_REGISTRY[tag].__name__}")
         cls.TAG = tag  # type: ignore[attr-defined]
         dc = record(cls)
-        _REGISTRY[tag] = dc  # type: ignore[assignment]
+        _REGISTRY[tag] = dc  # type: ignore[assignment,unused-ignore]
         return dc
 
     return wrap

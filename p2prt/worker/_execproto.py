@@ -9,7 +9,7 @@ Worker → executor::
 
     ("fn", fn_id, payload)                       a cloudpickled function, once per executor
     ("run", [(task_id, fn_id, args, buffers), ...])   a chunk, run in order
-    ("cancel", task_id)                          followed by SIGINT to the executor
+    ("cancel", task_id, force)                   followed by SIGINT to the executor
     ("rep", rid, ok, value)                      answer to a "req" (value is the exception if not ok)
     ("exit",)                                    finish and exit (an extra executor retires)
 
@@ -20,6 +20,8 @@ Executor → worker::
     ("out", task_id, "stdout" | "stderr", text)  output of the running task (-1: no task)
     ("req", rid, task_id, kind, payload)         a nested call; "get" lends the slot out
     ("back", [task_id, ...])                     tasks given back unstarted (before a "get")
+    ("stopped", task_id)                         force-cancel of the running task: SIGSTOPped,
+                                                 waiting for SIGKILL
 """
 
 from __future__ import annotations
@@ -96,7 +98,8 @@ class FrameReader:
         self._buf += data
 
     def messages(self) -> list[Any]:
-        """Decode and remove every complete frame received so far."""
+        """Decode and remove every complete frame received so far. A frame that cannot be
+        unpickled becomes ``("bad", "why")``."""
         out: list[Any] = []
         buf, pos, end = self._buf, self._pos, len(self._buf)
         with memoryview(buf) as view:
@@ -105,7 +108,10 @@ class FrameReader:
                 if end - pos - _HEADER < size:
                     break
                 start = pos + _HEADER
-                out.append(pickle.loads(view[start : start + size]))
+                try:
+                    out.append(pickle.loads(view[start : start + size]))
+                except Exception as exc:  # skip it; the receiver decides what that means
+                    out.append(("bad", f"{type(exc).__name__}: {exc}"))
                 pos = start + size
         if pos == end:
             buf.clear()

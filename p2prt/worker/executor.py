@@ -12,9 +12,12 @@ While a task runs, ``sys.stdout``/``sys.stderr`` forward its output line by line
 :func:`request` lets runtime code inside the task ask the worker something (a nested
 ``submit`` or ``get``) and block for the answer.
 
-Cancellation: the worker sends ``("cancel", task_id)`` and then SIGINT. The SIGINT
-handler reads the pending frames; a cancelled task that has not started is skipped, the
-running one gets ``KeyboardInterrupt`` (and is reported ``"cancelled"`` if that ends it).
+Cancellation: the worker sends ``("cancel", task_id, force)`` and then SIGINT. The
+SIGINT handler reads the pending frames; a cancelled task that has not started is
+skipped. The running one gets ``KeyboardInterrupt`` (and is reported ``"cancelled"`` if
+that ends it) — or, when ``force`` is set, the executor sends the results it holds and
+``("stopped", task_id)`` and stops itself with SIGSTOP until the worker kills it, so no
+task after the cancelled one starts and none before it loses its result.
 A SIGINT without a cancel for the running task is ignored. The handler never raises while
 the main thread is inside this module's own I/O, so frames on the pipe stay whole.
 
@@ -27,7 +30,6 @@ guard against runaway tasks, not against a hostile one: use the sandbox for that
 from __future__ import annotations
 
 import _thread
-import io
 import os
 import pickle
 import signal
@@ -39,7 +41,8 @@ from collections import deque
 from typing import Any
 
 from ..errors import ConnectionClosedError, P2prtError
-from ._execproto import FrameReader, RemoteErrorInfo, encode
+from ._execproto import FrameReader, encode
+from ._taskio import TaskOutput, error_info
 
 __all__ = ["current_task_id", "in_executor", "main", "request"]
 
@@ -79,62 +82,6 @@ def current_task_id() -> int | None:
     return None if _executor is None else _executor.current
 
 
-class _TaskOutput(io.TextIOBase):
-    """``sys.stdout``/``sys.stderr`` inside an executor: complete lines (and whatever is
-    flushed) go to the worker as ``("out", task_id, stream, text)``."""
-
-    def __init__(self, ex: _Executor, name: str, fd: int) -> None:
-        super().__init__()
-        self._ex = ex
-        self._name = name
-        self._fd = fd
-        self._parts: list[str] = []
-        self._size = 0
-
-    @property
-    def encoding(self) -> str:  # type: ignore[override]
-        return "utf-8"
-
-    @property
-    def errors(self) -> str:  # type: ignore[override]
-        return "strict"
-
-    def writable(self) -> bool:
-        return True
-
-    def isatty(self) -> bool:
-        return False
-
-    def fileno(self) -> int:
-        return self._fd
-
-    def write(self, s: str) -> int:
-        if not isinstance(s, str):
-            raise TypeError(f"write() argument must be str, not {type(s).__name__}")
-        cut = s.rfind("\n")
-        if cut < 0:
-            self._parts.append(s)
-            self._size += len(s)
-            if self._size >= 1 << 16:
-                self.flush()
-            return len(s)
-        head, tail = s[: cut + 1], s[cut + 1 :]
-        if self._parts:
-            self._parts.append(head)
-            head = "".join(self._parts)
-        self._parts = [tail] if tail else []
-        self._size = len(tail)
-        self._ex.send_output(self._name, head)
-        return len(s)
-
-    def flush(self) -> None:
-        if self._parts:
-            text = "".join(self._parts)
-            self._parts = []
-            self._size = 0
-            self._ex.send_output(self._name, text)
-
-
 class _Executor:
     """State of this executor process (one instance, module-level :data:`_executor`)."""
 
@@ -163,7 +110,7 @@ class _Executor:
         self.send_lock = threading.Lock()
         self.request_lock = threading.Lock()
         self.next_rid = 0
-        self.outputs: list[_TaskOutput] = []
+        self.outputs: list[TaskOutput] = []
         self.dumps: Any = None
 
     # ----------------------------------------------------------------- sending
@@ -231,8 +178,10 @@ class _Executor:
         elif kind == "fn":
             self.fns[msg[1]] = msg[2]
         elif kind == "cancel":
-            tid = msg[1]
+            tid, force = msg[1], msg[2]
             if tid == self.current and self.current is not None:
+                if force:
+                    self.stop_for_kill(tid)
                 self.cancel_current = self.cancel_requested = True
                 if threading.get_ident() != _MAIN:
                     _thread.interrupt_main(signal.SIGINT)
@@ -245,8 +194,19 @@ class _Executor:
                     self.lending = False  # the worker counts this slot as runnable again
         elif kind == "exit":
             self.exiting = True
+        elif kind == "bad":
+            os.write(2, f"p2prt executor: ignoring an undecodable frame from the worker: {msg[1]}\n".encode())
 
     # ---------------------------------------------------------- cancellation
+
+    def stop_for_kill(self, tid: int) -> None:
+        """Force-cancel of the running task: hand over the results held, say so, and stop
+        the whole process until the worker's SIGKILL arrives."""
+        results, self.results = self.results, []
+        frames = [self.encode_results(results)] if results else []
+        frames.append(encode(("stopped", tid)))
+        self.send(frames)
+        os.kill(os.getpid(), signal.SIGSTOP)
 
     def on_sigint(self, signum: int, frame: Any) -> None:
         if not self.in_task or self.guard:
@@ -396,10 +356,10 @@ class _Executor:
             self.in_task = False
             if self.cancel_requested:
                 return (tid, "cancelled", b"", [])
-            return (tid, "error", _error_info(exc, False), [])
+            return (tid, "error", error_info(exc, loading=False, skip_file=__file__), [])
         except BaseException as exc:
             self.in_task = False
-            return (tid, "error", _error_info(exc, loading), [])
+            return (tid, "error", error_info(exc, loading=loading, skip_file=__file__), [])
 
     def function(self, fn_id: bytes) -> Any:
         fn = self.fns.get(fn_id)
@@ -425,44 +385,7 @@ def _fits(result: tuple[Any, ...]) -> bool:
 
 def _too_large(result: tuple[Any, ...]) -> bytes:
     exc = P2prtError("the task's result is too large for the executor pipe (4 GiB per frame)")
-    return encode(("res", [(result[0], "error", _error_info(exc, False), [])]))
-
-
-def _error_info(exc: BaseException, loading: bool) -> bytes:
-    """cloudpickled :class:`RemoteErrorInfo` for ``exc``, without this module's frames."""
-    import traceback
-
-    import cloudpickle
-
-    from ..serialization import missing_package
-
-    tb = exc.__traceback__
-    while tb is not None and tb.tb_frame.f_code.co_filename == __file__:
-        tb = tb.tb_next
-    try:
-        text = "".join(traceback.format_exception(type(exc), exc, tb))
-    except Exception:
-        text = f"{type(exc).__qualname__} (traceback could not be formatted)\n"
-    try:
-        message = str(exc)
-    except Exception:
-        message = f"<{type(exc).__qualname__}: str() failed>"
-    blob: bytes | None
-    try:
-        blob = cloudpickle.dumps(exc, protocol=5)
-        pickle.loads(blob)
-    except Exception:
-        blob = None
-    info = RemoteErrorInfo(
-        type_module=type(exc).__module__,
-        type_qualname=type(exc).__qualname__,
-        exception=blob,
-        message=message,
-        traceback=text,
-        missing_package=missing_package(exc) if loading else None,
-    )
-    data: bytes = cloudpickle.dumps(info, protocol=5)
-    return data
+    return encode(("res", [(result[0], "error", error_info(exc, loading=False, skip_file=__file__), [])]))
 
 
 def _arm_cpu_limit(seconds: int) -> None:
@@ -479,6 +402,8 @@ def _arm_cpu_limit(seconds: int) -> None:
 
 
 def _parse(argv: list[str]) -> tuple[int, int | None, int | None]:
+    if not argv or not argv[0].isdigit():
+        raise SystemExit("usage: python -m p2prt.worker.executor FD [--memory BYTES] [--cpu SECONDS]")
     fd = int(argv[0])
     memory = cpu = None
     rest = iter(argv[1:])
@@ -504,7 +429,7 @@ def main(argv: list[str] | None = None) -> None:
     sock.set_inheritable(False)
     ex = _executor = _Executor(sock, cpu)
     signal.signal(signal.SIGINT, ex.on_sigint)
-    ex.outputs = [_TaskOutput(ex, "stdout", 1), _TaskOutput(ex, "stderr", 2)]
+    ex.outputs = [TaskOutput(ex.send_output, "stdout", 1), TaskOutput(ex.send_output, "stderr", 2)]
     sys.stdout, sys.stderr = ex.outputs
     ex.send([encode(("ready", os.getpid()))])
     try:

@@ -21,9 +21,11 @@ kills that executor with SIGKILL, reports ``"timeout"`` and starts a replacement
 
 **Crashes.** When an executor dies unexpectedly, every task in flight on it is reported
 ``"crashed"`` with a message naming the pid and the exit code or signal, and a
-replacement starts. **Force-cancel** kills the executor too: the cancelled task is
-reported ``"cancelled"``; the others in flight there go back to the front of the queue
-and run again elsewhere (one of them may have started: at-least-once).
+replacement starts. **Force-cancel** of a running task kills its executor too: the
+executor first hands over the results it holds and stops itself, so the tasks in flight
+behind the cancelled one have not started; they go back to the front of the queue. (Only
+if the executor cannot answer within ``FORCE_GRACE`` — stuck in C code — is it killed
+blindly, and then a task of its last chunk may run twice.)
 
 **Lending.** While a task waits in a nested ``"get"``, its executor first gives back the
 tasks it has not started, and the pool starts (or keeps) an extra executor so that
@@ -34,20 +36,21 @@ from __future__ import annotations
 
 import itertools
 import logging
-import os
+import pickle
 import signal
 import socket
 import sys
 from collections import deque
 from collections.abc import Awaitable, Callable, Mapping, Sequence
-from dataclasses import dataclass, field
 from typing import Any
 
 import trio
 
 from ..errors import ConfigError, P2prtError
 from . import _spawn
-from ._execproto import FrameReader, encode
+from ._execproto import encode
+from ._exectypes import ExecResult, ExecTask, PoolStatistics
+from ._handle import ExecutorHandle
 
 __all__ = ["ExecResult", "ExecTask", "ExecutorPool", "PoolStatistics"]
 
@@ -56,102 +59,8 @@ log = logging.getLogger(__name__)
 MAX_CHUNK = 64
 MAX_CHUNKS_IN_FLIGHT = 2
 START_TIMEOUT = 30.0
-_RECV = 1 << 16
-_MAX_RECV = 1 << 22
-
-
-@dataclass(frozen=True)
-class ExecTask:
-    """One task for the pool. ``fn_payload`` (cloudpickle of the function) is sent to an
-    executor only if that executor has not seen ``fn_id`` yet; ``pickle.loads(args,
-    buffers=buffers)`` gives ``(args, kwargs)``."""
-
-    task_id: int
-    fn_id: bytes
-    fn_payload: bytes
-    args: bytes
-    buffers: list[bytes] = field(default_factory=list)
-    timeout: float | None = None
-
-
-@dataclass(frozen=True)
-class ExecResult:
-    """The outcome of a task. ``status`` is ``"ok"`` (``data``/``buffers`` from
-    :func:`p2prt.serialization.dumps` of the value), ``"error"`` (``data`` is a cloudpickled
-    :class:`~p2prt.worker._execproto.RemoteErrorInfo`), ``"crashed"``, ``"timeout"`` or
-    ``"cancelled"`` (``message`` says what happened)."""
-
-    task_id: int
-    status: str
-    data: bytes = b""
-    buffers: list[bytes] = field(default_factory=list)
-    message: str = ""
-
-
-@dataclass(frozen=True)
-class PoolStatistics:
-    """A snapshot of the pool. ``running`` counts tasks sent to executors and not
-    finished; ``executors`` those alive now (extras included), ``lent`` those waiting in
-    a nested ``get``; ``functions_sent`` counts ``"fn"`` frames."""
-
-    size: int
-    running: int
-    queued: int
-    executors_started: int
-    crashes: int
-    timeouts: int
-    executors: int = 0
-    lent: int = 0
-    functions_sent: int = 0
-
-
-class _Executor:
-    """The pool's view of one executor subprocess."""
-
-    def __init__(self, number: int) -> None:
-        self.number = number
-        self.proc: trio.Process | None = None
-        self.stream: trio.SocketStream | None = None
-        self.pid = 0
-        self.ready = False
-        self.inflight: dict[int, ExecTask] = {}  # in send order
-        self.chunks: list[set[int]] = []  # ids without a result, per chunk in flight
-        self.fns: set[bytes] = set()
-        self.outbox: list[bytes] = []
-        self.after_send: list[int] = []  # signals to send once the outbox is written
-        self.wake = trio.lowlevel.ParkingLot()
-        self.blocked = 0  # nested "get" requests waiting
-        self.nested: dict[int, tuple[int, trio.CancelScope]] = {}  # rid -> (task id, scope)
-        self.cancel_sent: set[int] = set()
-        self.force_cancelled: set[int] = set()
-        self.timed_task: int | None = None
-        self.deadline: trio.CancelScope | None = None
-        self.timed_out: int | None = None
-        self.killing = False
-        self.retiring = False
-        self.dead = False
-        self.eof = trio.Event()
-        self.exited = trio.Event()
-        self.changed = trio.Event()  # ready, end of stream or exit
-
-    @property
-    def runnable(self) -> bool:
-        return self.ready and not (self.blocked or self.killing or self.retiring or self.dead)
-
-    def queue(self, frame: bytes, *, then_signal: int | None = None) -> None:
-        self.outbox.append(frame)
-        if then_signal is not None:
-            self.after_send.append(then_signal)
-        self.wake.unpark()
-
-    def signal(self, sig: int) -> None:
-        """Signal the Python process (inside the sandbox too), if it is still ours."""
-        if self.proc is None or self.proc.returncode is not None:
-            return
-        try:
-            os.kill(self.pid or self.proc.pid, sig)
-        except ProcessLookupError:
-            pass
+#: Seconds an executor has to answer a force-cancel before it is killed regardless.
+FORCE_GRACE = 0.5
 
 
 class ExecutorPool:
@@ -204,8 +113,8 @@ class ExecutorPool:
         self._queue: deque[ExecTask] = deque()
         self._queued: set[int] = set()
         self._dropped: set[int] = set()  # cancelled while queued, still in the deque
-        self._where: dict[int, _Executor] = {}  # task id -> executor running it
-        self._executors: list[_Executor] = []
+        self._where: dict[int, ExecutorHandle] = {}  # task id -> executor running it
+        self._executors: list[ExecutorHandle] = []
         self._numbers = itertools.count(1)
         self._starting = 0
         self._start_failures = 0
@@ -222,8 +131,8 @@ class ExecutorPool:
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         """Start ``size`` executors in parallel, report started once all are ready, and
         supervise them until cancelled; then terminate every executor (SIGTERM, SIGKILL
-        after 1 s) and reap it. Raises :class:`~p2prt.errors.ConfigError` if an executor
-        cannot start."""
+        after 1 s) and reap it. Tasks in flight then are dropped without a result.
+        Raises :class:`~p2prt.errors.ConfigError` if an executor cannot start."""
         if self._nursery is not None:
             raise P2prtError("this executor pool is running already")
         failures: list[BaseException] = []
@@ -249,6 +158,9 @@ class ExecutorPool:
                     await trio.sleep_forever()
         finally:
             self._nursery = None
+            self._executors.clear()
+            self._where.clear()
+            self._starting = 0
         if failures:
             exc = failures[0]
             if isinstance(exc, ConfigError):
@@ -263,11 +175,13 @@ class ExecutorPool:
         self._dispatch()
 
     def cancel(self, task_id: int, *, force: bool = False) -> None:
-        """Cancel a task. Queued: dropped and reported ``"cancelled"`` at once. Running
-        with ``force``: its executor is killed (and replaced), the task reported
-        ``"cancelled"``. Running without ``force``: best effort — the task gets a
-        ``KeyboardInterrupt`` (a task not started yet is skipped) and is reported
-        ``"cancelled"`` if that ends it. Unknown or finished ids are ignored."""
+        """Cancel a task. Queued: dropped and reported ``"cancelled"`` at once. Sent to an
+        executor but not started: skipped there, reported ``"cancelled"``. Running without
+        ``force``: best effort — the task gets a ``KeyboardInterrupt`` and is reported
+        ``"cancelled"`` if that ends it. Running with ``force``: its executor is killed
+        (and replaced) and the task reported ``"cancelled"``; an executor that does not
+        answer the cancel within :data:`FORCE_GRACE` seconds (stuck in C code) is killed
+        anyway. Unknown or finished ids are ignored."""
         if task_id in self._queued:
             self._queued.discard(task_id)
             self._dropped.add(task_id)
@@ -276,12 +190,18 @@ class ExecutorPool:
         ex = self._where.get(task_id)
         if ex is None or ex.dead:
             return
-        if force:
+        if ex.killing:
+            if force:
+                ex.force_cancelled.add(task_id)
+            return
+        if force and task_id not in ex.force_cancelled:
             ex.force_cancelled.add(task_id)
-            self._kill(ex)
-        elif task_id not in ex.cancel_sent and not ex.killing:
+            ex.queue(encode(("cancel", task_id, True)), then_signal=signal.SIGINT)
+            if self._nursery is not None:
+                self._nursery.start_soon(self._force_after_grace, ex, task_id)
+        elif not force and task_id not in ex.cancel_sent:
             ex.cancel_sent.add(task_id)
-            ex.queue(encode(("cancel", task_id)), then_signal=signal.SIGINT)
+            ex.queue(encode(("cancel", task_id, False)), then_signal=signal.SIGINT)
 
     def statistics(self) -> PoolStatistics:
         """A snapshot of the pool's state and counters."""
@@ -353,7 +273,7 @@ class ExecutorPool:
         finally:
             self._dispatching = False
 
-    def _send_chunk(self, ex: _Executor, tasks: list[ExecTask]) -> None:
+    def _send_chunk(self, ex: ExecutorHandle, tasks: list[ExecTask]) -> None:
         for task in tasks:
             if task.fn_id not in ex.fns:
                 ex.outbox.append(encode(("fn", task.fn_id, task.fn_payload)))
@@ -369,7 +289,13 @@ class ExecutorPool:
             ex.deadline = trio.CancelScope()
             self._nursery.start_soon(self._expire, ex, tasks[0].task_id, timeout, ex.deadline)
 
-    async def _expire(self, ex: _Executor, task_id: int, timeout: float, scope: trio.CancelScope) -> None:
+    async def _force_after_grace(self, ex: ExecutorHandle, task_id: int) -> None:
+        await trio.sleep(FORCE_GRACE)
+        if task_id in ex.inflight and not ex.dead:
+            log.warning("executor pid %s did not answer a force-cancel of task %s: killing it", ex.pid, task_id)
+            self._kill(ex)
+
+    async def _expire(self, ex: ExecutorHandle, task_id: int, timeout: float, scope: trio.CancelScope) -> None:
         with scope:
             await trio.sleep(timeout)
             if task_id in ex.inflight and not ex.dead:
@@ -393,7 +319,7 @@ class ExecutorPool:
                 ex.queue(encode(("exit",)))
                 excess -= 1
 
-    def _kill(self, ex: _Executor) -> None:
+    def _kill(self, ex: ExecutorHandle) -> None:
         if not ex.killing:
             ex.killing = True
             ex.signal(signal.SIGKILL)
@@ -418,9 +344,11 @@ class ExecutorPool:
             self._start_failures += 1
             delay = min(5.0, 0.1 * 2 ** min(self._start_failures, 6))
             log.error("cannot start a replacement executor (retrying in %.1f s): %s", delay, exc)
-            self._starting += 1
-            await trio.sleep(delay)
-            self._starting -= 1
+            self._starting += 1  # keeps _rebalance from starting another one meanwhile
+            try:
+                await trio.sleep(delay)
+            finally:
+                self._starting -= 1
             self._rebalance()
 
     async def _executor_main(
@@ -428,7 +356,7 @@ class ExecutorPool:
     ) -> None:
         """Start, then supervise one executor; ``_starting`` counts it until it is ready
         (the caller may have counted it already)."""
-        ex = _Executor(next(self._numbers))
+        ex = ExecutorHandle(next(self._numbers))
         if not precounted:
             self._starting += 1
         counted = True
@@ -453,9 +381,9 @@ class ExecutorPool:
             raise
         try:
             async with trio.open_nursery() as nursery:
-                nursery.start_soon(self._reader, ex)
-                nursery.start_soon(self._writer, ex)
-                nursery.start_soon(self._watch_exit, ex)
+                nursery.start_soon(ex.read_loop, self._on_frames)
+                nursery.start_soon(ex.write_loop)
+                nursery.start_soon(ex.watch_exit)
                 with trio.move_on_after(START_TIMEOUT):
                     await ex.changed.wait()
                 if ex.ready:
@@ -470,7 +398,7 @@ class ExecutorPool:
                     self._changed.unpark_all()
                 elif proc.returncode is None:
                     proc.kill()  # it did not say ready in time
-                await self._end(ex)
+                await ex.wait_end()
                 nursery.cancel_scope.cancel()
         except BaseException:
             ex.dead = True
@@ -487,65 +415,17 @@ class ExecutorPool:
             raise ConfigError(f"an executor did not start: {self._describe(ex)} ({' '.join(argv)})")
         self._on_death(ex)
 
-    async def _end(self, ex: _Executor) -> None:
-        """Wait until the executor's stream has ended or its process exited, then give the
-        other one a second to follow (killing the process if it does not)."""
-        assert ex.proc is not None
-        while not (ex.eof.is_set() or ex.exited.is_set()):
-            ex.changed = trio.Event()
-            await ex.changed.wait()
-        with trio.move_on_after(1.0):
-            await ex.eof.wait()
-            await ex.exited.wait()
-        if ex.proc.returncode is None:
-            ex.proc.kill()
-            await ex.proc.wait()
+    def _on_frames(self, ex: ExecutorHandle, messages: list[Any]) -> None:
+        """Handle the frames of one read; results read together are delivered together."""
+        results: list[ExecResult] = []
+        for msg in messages:
+            self._handle(ex, msg, results)
+        if ex.ready:
+            self._deliver(results)
+            self._rebalance()
+            self._dispatch()
 
-    async def _watch_exit(self, ex: _Executor) -> None:
-        assert ex.proc is not None
-        await ex.proc.wait()
-        ex.exited.set()
-        ex.changed.set()
-
-    async def _writer(self, ex: _Executor) -> None:
-        assert ex.stream is not None
-        while True:
-            while not ex.outbox:
-                await ex.wake.park()
-            data = ex.outbox[0] if len(ex.outbox) == 1 else b"".join(ex.outbox)
-            ex.outbox.clear()
-            signals, ex.after_send = ex.after_send, []
-            try:
-                await ex.stream.send_all(data)
-            except (trio.BrokenResourceError, trio.ClosedResourceError):
-                return  # the executor is gone; the watcher handles it
-            for sig in signals:
-                ex.signal(sig)
-
-    async def _reader(self, ex: _Executor) -> None:
-        assert ex.stream is not None
-        reader = FrameReader()
-        try:
-            while True:
-                try:
-                    data = await ex.stream.receive_some(min(max(_RECV, reader.wanted), _MAX_RECV))
-                except (trio.BrokenResourceError, trio.ClosedResourceError):
-                    data = b""
-                if not data:
-                    return
-                reader.feed(data)
-                results: list[ExecResult] = []
-                for msg in reader.messages():
-                    self._handle(ex, msg, results)
-                if results or ex.ready:
-                    self._deliver(results)
-                    self._rebalance()
-                    self._dispatch()
-        finally:
-            ex.eof.set()
-            ex.changed.set()
-
-    def _handle(self, ex: _Executor, msg: tuple[Any, ...], results: list[ExecResult]) -> None:
+    def _handle(self, ex: ExecutorHandle, msg: tuple[Any, ...], results: list[ExecResult]) -> None:
         kind = msg[0]
         if kind == "res":
             for tid, status, data, buffers in msg[1]:
@@ -563,7 +443,7 @@ class ExecutorPool:
             back = []
             for tid in msg[1]:
                 task = ex.inflight.get(tid)
-                cancelled = tid in ex.cancel_sent
+                cancelled = tid in ex.cancel_sent or tid in ex.force_cancelled
                 if task is not None and self._finish(ex, tid):
                     if cancelled:
                         results.append(ExecResult(tid, "cancelled", message="cancelled before it started"))
@@ -571,6 +451,12 @@ class ExecutorPool:
                         back.append(task)
             self._queue.extendleft(reversed(back))
             self._queued.update(t.task_id for t in back)
+        elif kind == "stopped":  # it stopped itself, waiting for SIGKILL
+            self._kill(ex)
+        elif kind == "bad":
+            log.error("executor pid %s sent an undecodable frame (%s); stopping it", ex.pid, msg[1])
+            ex.fault = f"it sent an undecodable frame ({msg[1]})"
+            self._kill(ex)
         elif kind == "ready":
             ex.pid = msg[1]
             ex.ready = True
@@ -578,12 +464,13 @@ class ExecutorPool:
         else:
             log.warning("executor pid %s sent an unknown frame %r", ex.pid, kind)
 
-    def _finish(self, ex: _Executor, task_id: int) -> bool:
+    def _finish(self, ex: ExecutorHandle, task_id: int) -> bool:
         """Forget a task that left ``ex``; False if it was not in flight there."""
         if ex.inflight.pop(task_id, None) is None:
             return False
         self._where.pop(task_id, None)
         ex.cancel_sent.discard(task_id)
+        ex.force_cancelled.discard(task_id)
         for chunk in ex.chunks:
             if task_id in chunk:
                 chunk.discard(task_id)
@@ -600,7 +487,7 @@ class ExecutorPool:
                 scope.cancel()
         return True
 
-    def _request(self, ex: _Executor, rid: int, task_id: int | None, kind: str, payload: tuple[Any, ...]) -> None:
+    def _request(self, ex: ExecutorHandle, rid: int, task_id: int | None, kind: str, payload: tuple[Any, ...]) -> None:
         assert self._nursery is not None
         if kind == "get":
             ex.blocked += 1
@@ -610,7 +497,7 @@ class ExecutorPool:
         self._nursery.start_soon(self._serve_request, ex, rid, task_id, kind, payload, scope)
 
     async def _serve_request(
-        self, ex: _Executor, rid: int, task_id: int | None, kind: str, payload: Any, scope: trio.CancelScope
+        self, ex: ExecutorHandle, rid: int, task_id: int | None, kind: str, payload: Any, scope: trio.CancelScope
     ) -> None:
         ok, value = False, None
         try:
@@ -620,7 +507,7 @@ class ExecutorPool:
                 value = await self._on_nested(-1 if task_id is None else task_id, (kind, payload))
                 ok = True
         except Exception as exc:
-            value = exc
+            value = _portable(exc)
         finally:
             ex.nested.pop(rid, None)
             if kind == "get":
@@ -637,7 +524,7 @@ class ExecutorPool:
         self._dispatch()
         self._changed.unpark_all()
 
-    def _describe(self, ex: _Executor) -> str:
+    def _describe(self, ex: ExecutorHandle) -> str:
         returncode = None if ex.proc is None else ex.proc.returncode
         text = _spawn.describe_exit(ex.pid or (ex.proc.pid if ex.proc else 0), returncode, sandboxed=self._sandbox)
         if returncode is not None and returncode != 0 and not ex.killing:
@@ -647,7 +534,7 @@ class ExecutorPool:
                 text += f" (the memory limit is {self._memory_limit // (1 << 20)} MiB)"
         return text
 
-    def _on_death(self, ex: _Executor) -> None:
+    def _on_death(self, ex: ExecutorHandle) -> None:
         ex.dead = True
         if ex in self._executors:
             self._executors.remove(ex)
@@ -655,10 +542,10 @@ class ExecutorPool:
             scope.cancel()
         if ex.deadline is not None:
             ex.deadline.cancel()
-        unexpected = not (ex.killing or ex.retiring)
+        unexpected = bool(ex.fault) or not (ex.killing or ex.retiring)
         if unexpected:
             self._crashes += 1
-        why = self._describe(ex)
+        why = self._describe(ex) + (f"; {ex.fault}" if ex.fault else "")
         if unexpected:
             log.warning("%s; %d task(s) in flight on it", why, len(ex.inflight))
         results: list[ExecResult] = []
@@ -681,3 +568,12 @@ class ExecutorPool:
         self._deliver(results)
         self._rebalance()
         self._dispatch()
+
+
+def _portable(exc: Exception) -> Exception:
+    """``exc`` if it survives a pickle round trip, else a P2prtError with its text."""
+    try:
+        pickle.loads(pickle.dumps(exc, protocol=5))
+    except Exception:
+        return P2prtError(f"{type(exc).__qualname__}: {exc}")
+    return exc
