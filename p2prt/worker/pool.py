@@ -269,7 +269,8 @@ class ExecutorPool:
                         break
                     chunk.append(queue.popleft())
                     self._queued.discard(task.task_id)
-                self._send_chunk(ex, chunk)
+                if chunk:
+                    self._send_chunk(ex, chunk)
         finally:
             self._dispatching = False
 
