@@ -4,7 +4,9 @@
 delivers the board's pushes to ``on_push``, and when the session ends reconnects with
 exponential backoff (with jitter), calling ``on_connect`` again — so live workers
 re-register by themselves after a board restart. Authentication failures (rejected key,
-changed board key) are not retried: they need a person.
+changed board key) are not retried: they need a person; with ``fail_fast`` (the
+default) neither is a failure of the first connection, so a mistyped address or a
+missing membership is reported at once.
 """
 
 from __future__ import annotations
@@ -38,6 +40,7 @@ class BoardLink:
         pin: bool = True,
         min_backoff: float = 0.1,
         max_backoff: float = 5.0,
+        fail_fast: bool = True,
     ) -> None:
         self.address = address
         self.identity = identity
@@ -47,6 +50,7 @@ class BoardLink:
         self._pin = pin
         self.min_backoff = min_backoff
         self.max_backoff = max_backoff
+        self.fail_fast = fail_fast
         self.client: BoardClient | None = None
         self.connections = 0
         self._changed = trio.Condition()
@@ -88,7 +92,9 @@ class BoardLink:
             except AuthenticationError:
                 raise
             except P2prtError as exc:
-                log.info("board %s: %s; retrying in %.1f s", self.address, exc, backoff)
+                if self.fail_fast and not started:
+                    raise  # the first connection must work: the caller shows the error
+                log.warning("board %s: %s; retrying in %.1f s", self.address, exc, backoff)
             await self._set(None)
             await trio.sleep(backoff * random.uniform(0.8, 1.2))
             backoff = min(self.max_backoff, backoff * 2)

@@ -320,11 +320,7 @@ class BoardServer:
             python=msg.python or s.peer.versions.python,
             now=self.clock(),
         )
-        if any(isinstance(ev, Unsatisfiable) for ev in events) and not self.scheduler.status(msg.cluster).workers:
-            # No worker at all yet: wait for one rather than fail (workers come and go).
-            self._parked.setdefault(msg.cluster, []).append((s, msg))
-            events = [ev for ev in events if not isinstance(ev, Unsatisfiable)]
-        self._route(events)
+        self._route(events)  # an Unsatisfiable for a cluster without workers is parked there
 
     def _unpark(self, cluster: str) -> None:
         for s, msg in self._parked.pop(cluster, []):
@@ -417,8 +413,19 @@ class BoardServer:
                     if (sess := self.sessions.get(pid)) is not None:
                         sess.push(m.LeaseRevoked(ev.lease_id, ev.reason))
             elif isinstance(ev, Unsatisfiable):
-                if (client := self.sessions.get(ev.client_peer_id)) is not None:
-                    client.push(m.LeaseUnsatisfiable(ev.cluster, ev.reason))
+                client = self.sessions.get(ev.client_peer_id)
+                if client is None:
+                    continue
+                request = m.LeaseRequest(
+                    0, ev.cluster, ev.count, ev.shape.num_cpus, dict(ev.shape.resources) or None, ev.shape.python
+                )
+                if not self.scheduler.status(ev.cluster).workers:
+                    # The last worker left: wait for the next one, as for a first request.
+                    self._parked.setdefault(ev.cluster, []).append((client, request))
+                    continue
+                client.push(
+                    m.LeaseUnsatisfiable(ev.cluster, ev.reason, ev.shape.num_cpus, dict(ev.shape.resources) or None)
+                )
 
     def _revoke_members(self, cluster: str, users: list[str]) -> None:
         now = self.clock()

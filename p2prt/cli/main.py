@@ -23,7 +23,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="p2prt",
         description="Pool idle computers into one encrypted peer-to-peer compute cluster.",
-        epilog="Examples:\n  p2prt keygen\n  p2prt id",
+        epilog="Examples:\n  p2prt demo\n  p2prt keygen\n  p2prt worker --cluster alice/friends --board HOST:PORT\n"
+        "  p2prt board --data ~/p2prt-board\n  p2prt cluster create friends\n  p2prt status",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("--version", action="version", version=f"p2prt {__version__}")

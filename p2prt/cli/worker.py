@@ -27,7 +27,7 @@ def register(sub: "argparse._SubParsersAction[argparse.ArgumentParser]") -> None
         epilog=_EXAMPLES,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    p.add_argument("--cluster", required=True, metavar="OWNER/NAME")
+    p.add_argument("--cluster", required=True, metavar="OWNER/NAME", help="the cluster to serve (you must be a member)")
     p.add_argument("--board", help="board address HOST:PORT (else $P2PRT_BOARD, else config.toml)")
     p.add_argument("--cpus", type=int, default=os.cpu_count() or 1, help="slots to offer (default: all CPUs)")
     p.add_argument("--duration", help="stop after this long (e.g. 90m, 2h, 1d); default: until Ctrl-C")
@@ -104,7 +104,10 @@ def cmd_worker(args: argparse.Namespace) -> int:
                         break
             nursery.cancel_scope.cancel()
 
-    trio.run(main)
+    from ..transport._errors import unwrap_single_group
+
+    with unwrap_single_group():
+        trio.run(main)
     if not args.embedded:
         print("p2prt worker stopped", file=sys.stderr)
     return 0

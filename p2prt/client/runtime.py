@@ -58,6 +58,7 @@ from ..identity.certificate import NodeIdentity, PeerId
 from ..identity.known_boards import KnownBoards
 from ..serialization import dumps, ship_by_value
 from ..transport import MessageChannel, open_secure_stream
+from ..transport._errors import unwrap_single_group
 from ..wire import board as bm
 from ..wire import peer as pm
 from ..wire.handshake import local_versions
@@ -145,7 +146,8 @@ class ClientRuntime:
 
     def _thread_main(self) -> None:
         try:
-            trio.run(self._main)
+            with unwrap_single_group():
+                trio.run(self._main)
         except BaseException as exc:  # noqa: BLE001 — reported to the starting thread
             if not self._ready.is_set():
                 self._startup_error = exc
@@ -422,8 +424,9 @@ class ClientRuntime:
         try:
             await board.call(lambda rid: bm.LeaseRequest(rid, self.cluster, count, num_cpus, resources or None, self.python))
         except P2prtError as exc:
+            err = exc
             self._requested[shape] = max(0, self._requested[shape] - count)
-            self._fail_shape(shape, lambda: exc)
+            self._fail_shape(shape, lambda: err)
 
     def _fail_shape(self, shape: Shape, make: Callable[[], BaseException]) -> None:
         queue = self._queues.get(shape)
@@ -458,12 +461,17 @@ class ClientRuntime:
                 revoked.active = False
                 if revoked.conn is not None:
                     revoked.conn.leases.pop(revoked.lease_id, None)
+                # Waiting demand may have been dropped with it: ask again (a removed
+                # member then learns why, as NotMemberError).
+                self._requested[revoked.shape] = 0
             self._place()
         elif isinstance(msg, bm.LeaseUnsatisfiable):
             reason = msg.reason
+            wanted = (msg.num_cpus, tuple(sorted((msg.resources or {}).items())))
             for shape in list(self._queues):
-                self._requested[shape] = 0
-                self._fail_shape(shape, lambda: NoCompatibleWorkerError(reason))
+                if msg.num_cpus is None or shape == wanted:
+                    self._requested[shape] = 0
+                    self._fail_shape(shape, lambda: NoCompatibleWorkerError(reason))
 
     async def _activate(self, lease: ClientLease, addrs: list[bm.Address]) -> None:
         peer = lease.ticket.worker_peer_id
@@ -602,7 +610,7 @@ class ClientRuntime:
                 self._finish(task, Stored(r.data, r.buffers))
             elif r.status == "error":
                 self._on_task_error(task, r, conn)
-            elif r.status == "rejected":
+            elif r.status in ("rejected", "revoked"):
                 task.attempts -= 1
                 self._requeue(task)
             elif r.status == "cancelled":
@@ -618,14 +626,17 @@ class ClientRuntime:
         if task.options.retry_exceptions and task.options.retries_left(task.attempts):
             self._requeue(task)
             return
-        try:
-            info = pickle.loads(r.data)
-        except Exception as exc:  # noqa: BLE001
-            msg = f"task {task.name} failed on {conn.label} and its error could not be read: {exc}"
-            self._finish(task, Failed(lambda: P2prtError(msg)))
-            return
-        worker, name = conn.label, task.name
-        self._finish(task, Failed(lambda: task_error_from_info(info, name=name, worker=worker)))
+        worker, name, data = conn.label, task.name, r.data
+
+        def make() -> BaseException:
+            # Unpickled by the thread that calls get, never by the runtime thread.
+            try:
+                info = pickle.loads(data)
+            except Exception as exc:  # noqa: BLE001
+                return P2prtError(f"task {name} failed on {worker} and its error could not be read: {exc}")
+            return task_error_from_info(info, name=name, worker=worker)
+
+        self._finish(task, Failed(make))
 
     def _retry_or_fail(self, task: Task, kind: str, message: str, *, crash: bool = False, worker: str = "") -> None:
         if crash:
@@ -687,6 +698,20 @@ class ClientRuntime:
         self._pump()
 
     async def _nested_get(self, conn: WorkerConnection, msg: pm.NestedGet) -> None:
+        parent = conn.inflight.get(msg.parent_task_id)
+        lease = self._leases.get(parent.lease_id or "") if parent is not None else None
+        if lease is not None and parent is not None:
+            # The worker lends the waiting task's slot out; so do we, or a chain of
+            # nested tasks deeper than the pipeline could wait for itself.
+            lease.inflight.discard(parent.task_id)
+            self._place()
+        try:
+            await self._answer_nested_get(conn, msg)
+        finally:
+            if lease is not None and parent is not None and parent.task_id in conn.inflight:
+                lease.inflight.add(parent.task_id)
+
+    async def _answer_nested_get(self, conn: WorkerConnection, msg: pm.NestedGet) -> None:
         values = []
         with trio.move_on_after(msg.timeout if msg.timeout is not None else math.inf):
             for oid in msg.object_ids:

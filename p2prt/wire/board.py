@@ -203,5 +203,9 @@ class LeaseRevoked(Message):
 
 @message("board.lease_unsatisfiable")
 class LeaseUnsatisfiable(Message):
+    """No worker of the cluster could ever hold leases of this shape."""
+
     cluster: str
     reason: str
+    num_cpus: int | None = None
+    resources: dict[str, float] | None = None

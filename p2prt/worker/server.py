@@ -44,6 +44,10 @@ from .pool import ExecResult, ExecTask, ExecutorPool
 
 __all__ = ["WorkerServer", "WorkerConfig"]
 
+_SECRET_ENV = {"P2PRT_KEY_PASSPHRASE", "SSH_AUTH_SOCK", "SSH_AGENT_PID"}
+MAX_FUNCTIONS = 4096
+MAX_FUNCTION_BYTES = 256 * 1024 * 1024
+
 log = logging.getLogger(__name__)
 
 
@@ -66,6 +70,7 @@ class _ClientConn:
     channel: MessageChannel
     leases: dict[str, bm.LeaseTicket] = field(default_factory=dict)
     fns: dict[bytes, bytes] = field(default_factory=dict)
+    fn_bytes: int = 0
     tasks: dict[int, tuple[int, str]] = field(default_factory=dict)  # pool id -> (client id, lease)
     outbox: list[Message] = field(default_factory=list)
     has_data: trio.Event = field(default_factory=trio.Event)
@@ -112,11 +117,14 @@ class WorkerServer:
         self._on_ready = on_ready
         self._clients: dict[bytes, _ClientConn] = {}
         self._revoked: set[str] = set()
+        self._revoked_tasks: dict[int, str] = {}
         self._ids = itertools.count(1)
         self._owner: dict[int, _ClientConn] = {}
         self._port = 0
         self._board: BoardClient | None = None
-        env = {**os.environ, "P2PRT_EXECUTOR": "1"}
+        # Tasks must not see the worker owner's secrets.
+        env = {k: v for k, v in os.environ.items() if k not in _SECRET_ENV}
+        env["P2PRT_EXECUTOR"] = "1"
         self.pool = ExecutorPool(
             config.slots,
             on_results=self._on_results,
@@ -186,6 +194,7 @@ class WorkerServer:
                 if conn.leases.pop(msg.lease_id, None) is not None:
                     for pool_id, (_, lease_id) in list(conn.tasks.items()):
                         if lease_id == msg.lease_id:
+                            self._revoked_tasks[pool_id] = msg.reason
                             self.pool.cancel(pool_id, force=True)
 
     # -- clients
@@ -235,10 +244,17 @@ class WorkerServer:
                 await conn.channel.send_many(batch)
 
     def _on_client_message(self, conn: _ClientConn, stream: NoiseStream, msg: Message) -> None:
+        if isinstance(msg, (pm.SubmitTasks, pm.DefineFunction)) and not conn.leases:
+            conn.enqueue(ErrorReply("NotMemberError", "present a lease ticket (Attach) before sending work", None))
+            return
         if isinstance(msg, pm.SubmitTasks):
             self._submit(conn, msg.tasks)
         elif isinstance(msg, pm.DefineFunction):
+            if len(conn.fns) >= MAX_FUNCTIONS or conn.fn_bytes + len(msg.payload) > MAX_FUNCTION_BYTES:
+                conn.fns.clear()  # the client re-sends what it needs after a "function was never defined"
+                conn.fn_bytes = 0
             conn.fns[msg.fn_id] = msg.payload
+            conn.fn_bytes += len(msg.payload)
         elif isinstance(msg, pm.Attach):
             problem = self._check_ticket(msg.ticket, stream)
             if problem is not None:
@@ -292,8 +308,12 @@ class WorkerServer:
             entry = conn.tasks.pop(r.task_id, None)
             if entry is None:
                 continue
+            status, message = r.status, r.message
+            reason = self._revoked_tasks.pop(r.task_id, None)
+            if reason is not None and status == "cancelled":
+                status, message = "revoked", f"the lease was revoked: {reason}"
             per_conn.setdefault(conn, []).append(
-                pm.TaskResult(entry[0], r.status, r.data, [bytes(b) for b in r.buffers], r.message)
+                pm.TaskResult(entry[0], status, r.data, [bytes(b) for b in r.buffers], message)
             )
         for conn, items in per_conn.items():
             conn.enqueue(pm.TaskResults(items))
