@@ -31,6 +31,7 @@ from __future__ import annotations
 import collections
 import concurrent.futures
 import functools
+import heapq
 import itertools
 import logging
 import math
@@ -56,7 +57,7 @@ from ..errors import (
 )
 from ..identity.certificate import NodeIdentity, PeerId
 from ..identity.known_boards import KnownBoards
-from ..serialization import dumps, ship_by_value
+from ..serialization import dumps, ship_by_value, ship_user_modules
 from ..transport import MessageChannel, open_secure_stream
 from ..transport._errors import unwrap_single_group
 from ..wire import board as bm
@@ -127,7 +128,7 @@ class ClientRuntime:
         self._requested: dict[Shape, int] = collections.defaultdict(int)
         self._conns: dict[bytes, WorkerConnection] = {}
         self._connecting: dict[bytes, trio.Event] = {}
-        self._service_ema: dict[Shape, float] = {}
+        self._service_ema: dict[bytes, float] = {}  # by function id
         self._nursery: trio.Nursery | None = None
         self._board: BoardClient | None = None
         self._stop = threading.Event()
@@ -219,6 +220,7 @@ class ClientRuntime:
         if self._closed:
             raise RuntimeUsageError("p2prt was shut down; call p2prt.init() again")
         fn_id, payload = self._function(fn)
+        ship_user_modules()
         deps = [a.id for a in args if isinstance(a, ObjectRef)]
         deps += [v.id for v in kwargs.values() if isinstance(v, ObjectRef)]
         object_id = new_object_id()
@@ -343,8 +345,8 @@ class ClientRuntime:
                 self._admit(task)
         self._place()
 
-    def _limit(self, shape: Shape) -> int:
-        ema = self._service_ema.get(shape)
+    def _limit(self, fn_id: bytes) -> int:
+        ema = self._service_ema.get(fn_id)
         if ema is None:
             return 2
         return int(min(128, max(2, 0.004 / max(ema, 1e-6) + 2)))
@@ -357,20 +359,25 @@ class ClientRuntime:
                     lease for lease in self._leases.values()
                     if lease.shape == shape and lease.active and not lease.draining and lease.conn is not None
                 ]
-                limit = self._limit(shape)
-                leases.sort(key=lambda lease: len(lease.inflight))
-                for lease in leases:
+                # Each task goes to the least-loaded lease (a heap), so work spreads
+                # over all leases before any lease queues more than one task.
+                heap = [(len(lease.inflight), i, lease) for i, lease in enumerate(leases)]
+                heapq.heapify(heap)
+                while queue and heap:
+                    task = queue[0]
+                    if task.cancelled or task.object_id not in self._tasks:
+                        queue.popleft()
+                        continue
+                    load, i, lease = heap[0]
+                    if load >= self._limit(task.fn_id):
+                        break
+                    queue.popleft()
                     conn = lease.conn
                     assert conn is not None
-                    while queue and len(lease.inflight) < limit:
-                        task = queue.popleft()
-                        if task.cancelled or task.object_id not in self._tasks:
-                            continue
-                        spec = self._spec(task, lease, conn)
-                        if spec is not None:
-                            batches.setdefault(conn, []).append(spec)
-                    if not queue:
-                        break
+                    spec = self._spec(task, lease, conn)
+                    if spec is not None:
+                        batches.setdefault(conn, []).append(spec)
+                    heapq.heapreplace(heap, (len(lease.inflight), i, lease))
             self._want_leases(shape, len(queue))
         for conn, specs in batches.items():
             conn.enqueue(pm.SubmitTasks(specs))
@@ -594,13 +601,11 @@ class ClientRuntime:
             lease = self._leases.get(task.lease_id or "")
             if lease is not None:
                 lease.inflight.discard(task.task_id)
-                shape = lease.shape
                 if lease.last_result and len(lease.inflight) > 0:
+                    # Time between completions on a busy lease ~ this function's service time.
                     sample = now - lease.last_result
-                    old = self._service_ema.get(shape, sample)
-                    self._service_ema[shape] = 0.8 * old + 0.2 * sample
-                elif shape not in self._service_ema and lease.last_result == 0.0:
-                    pass
+                    old = self._service_ema.get(task.fn_id, sample)
+                    self._service_ema[task.fn_id] = 0.8 * old + 0.2 * sample
                 lease.last_result = now
                 lease.idle_since = now
                 if lease.draining and not lease.inflight:
@@ -616,7 +621,7 @@ class ClientRuntime:
             elif r.status == "cancelled":
                 self._finish(task, Failed(functools.partial(TaskCancelledError, f"task {task.name} was cancelled")))
             elif r.status == "timeout":
-                self._retry_or_fail(task, "timeout", r.message or f"task {task.name} timed out")
+                self._retry_or_fail(task, "timeout", r.message or f"task {task.name} timed out", worker=conn.label)
             else:
                 self._retry_or_fail(task, "crashed", r.message or "the worker process crashed", crash=True, worker=conn.label)
         self._place()
@@ -761,9 +766,13 @@ class ClientRuntime:
                     continue
                 if now - lease.idle_since >= self.linger:
                     self._release(lease)
-            if not any(self._queues.values()) and any(self._requested.values()) and self._board is not None:
+            stale = [shape for shape, n in self._requested.items() if n and not self._queues.get(shape)]
+            if stale and self._board is not None:
+                # Demand left over from a finished batch would keep arriving as grants
+                # (and be returned) while other shapes wait: drop all, re-ask for the rest.
                 self._requested.clear()
                 self._board_send_soon(bm.LeaseCancel(self.cluster))
+                self._place()
 
 
 def _print_output(stream: str, text: str) -> None:

@@ -3,6 +3,14 @@
 Control messages use CBOR through :mod:`p2prt.wire.messages`.
 """
 
-from .pickling import SerializationError, dumps, is_user_module, loads, missing_package, ship_by_value
+from .pickling import (
+    SerializationError,
+    dumps,
+    is_user_module,
+    loads,
+    missing_package,
+    ship_by_value,
+    ship_user_modules,
+)
 
-__all__ = ["SerializationError", "dumps", "is_user_module", "loads", "missing_package", "ship_by_value"]
+__all__ = ["SerializationError", "dumps", "is_user_module", "loads", "missing_package", "ship_by_value", "ship_user_modules"]

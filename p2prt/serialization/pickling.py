@@ -23,7 +23,7 @@ import cloudpickle
 
 from ..errors import SerializationError
 
-__all__ = ["dumps", "loads", "ship_by_value", "is_user_module", "SerializationError"]
+__all__ = ["dumps", "loads", "ship_by_value", "ship_user_modules", "is_user_module", "SerializationError"]
 
 _registered: set[str] = set()
 
@@ -85,6 +85,25 @@ def _plain(obj: Any, depth: int = 0) -> bool:
     if t is dict:
         return len(obj) <= 64 and all(type(k) is str and _plain(v, depth + 1) for k, v in obj.items())
     return False
+
+
+_seen_modules = 0
+
+
+def ship_user_modules() -> None:
+    """Register every imported user module for pickling by value (cheap when nothing new
+    was imported): a task's function may use, and its arguments may be instances from,
+    modules next to the script that the worker cannot import."""
+    global _seen_modules
+    if len(sys.modules) == _seen_modules:
+        return
+    for name, module in list(sys.modules.items()):
+        top = name.split(".")[0]
+        if top not in _registered and isinstance(module, types.ModuleType) and "." not in name:
+            if is_user_module(name):
+                cloudpickle.register_pickle_by_value(module)
+                _registered.add(top)
+    _seen_modules = len(sys.modules)
 
 
 def dumps(obj: Any) -> tuple[bytes, list[pickle.PickleBuffer]]:

@@ -417,9 +417,30 @@ def _parse(argv: list[str]) -> tuple[int, int | None, int | None]:
     return fd, memory, cpu
 
 
+def _die_with_parent(interval: float = 1.0) -> None:
+    """Exit when the worker dies (even by SIGKILL), so a task cannot outlive it.
+
+    A watchdog thread polls the parent pid. (``PR_SET_PDEATHSIG`` would be cheaper but
+    fires when the *thread* that forked exits, and trio forks from cached helper threads.)
+    """
+    import threading
+    import time
+
+    parent = os.getppid()
+
+    def watch() -> None:
+        while True:
+            time.sleep(interval)
+            if os.getppid() != parent:
+                os._exit(1)
+
+    threading.Thread(target=watch, name="p2prt-parent-watch", daemon=True).start()
+
+
 def main(argv: list[str] | None = None) -> None:
     """Run the executor loop on the inherited socket until the worker closes it."""
     global _executor
+    _die_with_parent()
     fd, memory, cpu = _parse(sys.argv[1:] if argv is None else argv)
     if memory is not None:
         import resource

@@ -13,7 +13,7 @@ from collections.abc import Iterable
 from typing import Any
 
 from ..errors import GetTimeoutError, RuntimeUsageError
-from ..serialization import dumps, loads, ship_by_value
+from ..serialization import dumps, loads, ship_by_value, ship_user_modules
 
 __all__ = ["TaskRuntime"]
 
@@ -30,6 +30,7 @@ class TaskRuntime:
         from ..client.objects import ObjectRef
 
         ship_by_value(fn)
+        ship_user_modules()
         fn_payload, _ = dumps(fn)
         call, bufs = dumps((args, kwargs))
         if bufs:

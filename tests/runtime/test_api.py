@@ -578,11 +578,6 @@ def test_timeout_fails_the_task_and_frees_its_slot(cluster: p2prt.ClusterInfo, t
     assert_slots_free(tmp_path / "barrier")
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="bug: p2prt/client/runtime.py ClientRuntime._on_results calls _retry_or_fail for a 'timeout' "
-    "result without worker=conn.label, so TaskTimeoutError does not say where the task ran",
-)
 def test_timeout_error_names_the_worker(cluster: p2prt.ClusterInfo) -> None:
     @p2prt.remote(timeout=0.3, max_retries=0)
     def sleepy() -> None:
@@ -939,12 +934,6 @@ def test_user_module_used_by_a_user_module_is_shipped_too(
     assert p2prt.get(p2prt.remote(mod.f).remote(1), timeout=30) == 3  # type: ignore[attr-defined]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=MissingPackageError,
-    reason="bug: p2prt/client/runtime.py ClientRuntime.submit pickles arguments without ship_by_value, so "
-    "an instance of a class from the user's own module travels by reference and is missing on the worker",
-)
 def test_argument_of_a_user_class_is_shipped_by_value(
     cluster: p2prt.ClusterInfo, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -240,12 +240,6 @@ def test_without_retries_a_killed_worker_is_a_worker_crash(
         assert isinstance(o, WorkerCrashedError) or o[0] == i  # type: ignore[index]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=AssertionError,
-    reason="bug: p2prt/worker/executor.py main / p2prt/worker/_spawn.py open_executor: executors run in "
-    "their own session with no parent-death signal, so a SIGKILLed worker leaves its tasks running",
-)
 def test_executors_end_with_their_killed_worker(
     site: Site, driver: Callable[..., p2prt.ClusterInfo], tmp_path: Path
 ) -> None:
