@@ -22,7 +22,7 @@ from pathlib import Path
 
 import trio
 
-from p2prt.board.client import BoardClient, open_board_client
+from p2prt.board.client import open_board_client
 from p2prt.board.store import Store
 from p2prt.identity import NodeIdentity, generate_ed25519
 from p2prt.identity.known_boards import KnownBoards

@@ -34,7 +34,7 @@ class RemoteFunction(Generic[R]):
         """Submit a call; returns an ObjectRef at once."""
         return current_runtime().submit(self._function, args, kwargs, self._options)
 
-    def options(self, **options: Any) -> "RemoteFunction[R]":
+    def options(self, **options: Any) -> RemoteFunction[R]:
         """A copy with some options changed (``num_cpus``, ``max_retries``, ``timeout``, ...)."""
         unknown = set(options) - _OPTION_NAMES
         if unknown:

@@ -10,8 +10,8 @@ from pathlib import Path
 
 import trio
 
-from ..board.config import REGISTRATION_POLICIES, BoardConfig
 from ..board.client import DEFAULT_BOARD_PORT
+from ..board.config import REGISTRATION_POLICIES, BoardConfig
 from ..board.store import Store
 from ..errors import ConfigError, KeyLoadError
 from ..identity.keys import SshPublicKey
@@ -24,7 +24,7 @@ _EXAMPLES = """Examples:
   p2prt board remove-user bob --data ~/p2prt-board"""
 
 
-def register(sub: "argparse._SubParsersAction[argparse.ArgumentParser]") -> None:
+def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p = sub.add_parser(
         "board",
         help="run a message board, or manage its users",

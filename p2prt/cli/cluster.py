@@ -22,7 +22,7 @@ def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--user", help="your account name on the board (default: $P2PRT_USER, else config user, else login name)")
 
 
-def register(sub: "argparse._SubParsersAction[argparse.ArgumentParser]") -> None:
+def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     fmt = argparse.RawDescriptionHelpFormatter
     p = sub.add_parser("register", help="create your account on an open board",
                        epilog="Example:\n  p2prt register alice --board board.example.org:7790", formatter_class=fmt)

@@ -10,7 +10,7 @@ import sys
 from ..identity import PASSPHRASE_ENV, default_user_name, find_key_path, keygen, load_user_key
 
 
-def register(sub: "argparse._SubParsersAction[argparse.ArgumentParser]") -> None:
+def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p = sub.add_parser(
         "keygen",
         help="create an Ed25519 key for p2prt",

@@ -18,7 +18,7 @@ _EXAMPLES = """Examples:
   p2prt worker --cluster me/personal --resources gpu=1"""
 
 
-def register(sub: "argparse._SubParsersAction[argparse.ArgumentParser]") -> None:
+def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p = sub.add_parser(
         "worker",
         help="lend this machine's CPUs to a cluster",

@@ -32,7 +32,7 @@ log = logging.getLogger(__name__)
 class ClientLease:
     ticket: LeaseTicket
     shape: tuple[int, tuple[tuple[str, float], ...]]
-    conn: "WorkerConnection | None" = None
+    conn: WorkerConnection | None = None
     inflight: set[int] = field(default_factory=set)
     active: bool = False
     draining: bool = False
@@ -45,7 +45,7 @@ class ClientLease:
 
 
 class WorkerConnection:
-    def __init__(self, channel: MessageChannel, on_message: Callable[["WorkerConnection", Message], None]) -> None:
+    def __init__(self, channel: MessageChannel, on_message: Callable[[WorkerConnection, Message], None]) -> None:
         self.channel = channel
         self.peer_id = bytes(channel.peer.peer_id)
         self.name = channel.peer.user

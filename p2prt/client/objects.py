@@ -52,7 +52,7 @@ class ObjectRef:
     Pass it to ``p2prt.get``, to other tasks, or ``await`` it inside trio code.
     """
 
-    __slots__ = ("id", "__weakref__")
+    __slots__ = ("__weakref__", "id")
 
     def __init__(self, object_id: bytes) -> None:
         self.id = object_id
@@ -79,7 +79,7 @@ class ObjectRef:
 
 
 class _Entry:
-    __slots__ = ("future", "value", "has_value")
+    __slots__ = ("future", "has_value", "value")
 
     def __init__(self) -> None:
         self.future: concurrent.futures.Future[Stored | Failed] = concurrent.futures.Future()

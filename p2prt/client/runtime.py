@@ -149,7 +149,7 @@ class ClientRuntime:
         try:
             with unwrap_single_group():
                 trio.run(self._main)
-        except BaseException as exc:  # noqa: BLE001 — reported to the starting thread
+        except BaseException as exc:
             if not self._ready.is_set():
                 self._startup_error = exc
                 self._ready.set()
@@ -282,11 +282,23 @@ class ClientRuntime:
     async def get_async(self, ref: ObjectRef) -> Any:
         fut = self.store.future(ref.id)
         if not fut.done():
-            event = trio.Event()
-            token = trio.lowlevel.current_trio_token()
-            fut.add_done_callback(lambda _: token.run_sync_soon(event.set))
-            await event.wait()
+            await self._wait_future(fut)
         return self.store.value(ref.id)
+
+    @staticmethod
+    async def _wait_future(fut: concurrent.futures.Future[Any]) -> None:
+        """Wait in trio (any trio run) for a future resolved from another thread."""
+        event = trio.Event()
+        token = trio.lowlevel.current_trio_token()
+
+        def wake(_f: object) -> None:
+            try:
+                token.run_sync_soon(event.set)
+            except trio.RunFinishedError:
+                pass
+
+        fut.add_done_callback(wake)
+        await event.wait()
 
     def cancel(self, ref: ObjectRef, *, force: bool = False) -> None:
         self._call_soon(self._cancel, ref.id, force)
@@ -386,7 +398,7 @@ class ClientRuntime:
         if task.args is None:
             try:
                 task.args, task.buffers = self._resolve_args(task)
-            except Exception as exc:  # noqa: BLE001 — surfaced through the task's ref
+            except Exception as exc:
                 err = P2prtError(f"cannot serialize the arguments of {task.name}: {exc}")
                 self._finish(task, Failed(lambda: err))
                 return None
@@ -637,7 +649,7 @@ class ClientRuntime:
             # Unpickled by the thread that calls get, never by the runtime thread.
             try:
                 info = pickle.loads(data)
-            except Exception as exc:  # noqa: BLE001
+            except Exception as exc:
                 return P2prtError(f"task {name} failed on {worker} and its error could not be read: {exc}")
             return task_error_from_info(info, name=name, worker=worker)
 
@@ -722,10 +734,7 @@ class ClientRuntime:
             for oid in msg.object_ids:
                 fut = self.store.future(oid)
                 if not fut.done():
-                    event = trio.Event()
-                    token = trio.lowlevel.current_trio_token()
-                    fut.add_done_callback(lambda _f: token.run_sync_soon(event.set))
-                    await event.wait()
+                    await self._wait_future(fut)
         for oid in msg.object_ids:
             outcome = self.store.outcome(oid)
             if outcome is None:
@@ -736,11 +745,11 @@ class ClientRuntime:
                 try:
                     outcome.make()
                     error: BaseException = P2prtError("failed")
-                except BaseException as exc:  # noqa: BLE001
+                except BaseException as exc:
                     error = exc
                 try:
                     data = pickle.dumps(error)
-                except Exception:  # noqa: BLE001
+                except Exception:
                     data = pickle.dumps(P2prtError(str(error)))
                 values.append(pm.ObjectValue(oid, "error", data, [], str(error)))
         conn.enqueue(pm.NestedValues(msg.rid, values))

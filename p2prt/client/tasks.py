@@ -64,7 +64,7 @@ class Task:
 class Inline:
     """A resolved top-level argument: unpickles as the value itself on the worker."""
 
-    __slots__ = ("data", "buffers")
+    __slots__ = ("buffers", "data")
 
     def __init__(self, data: bytes, buffers: list[bytes]) -> None:
         self.data = data

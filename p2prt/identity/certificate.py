@@ -42,11 +42,11 @@ class PeerId(bytes):
     """32 bytes: SHA-256 of a node's Noise static public key. ``str()`` is base32."""
 
     @classmethod
-    def from_static_key(cls, static_public: bytes) -> "PeerId":
+    def from_static_key(cls, static_public: bytes) -> PeerId:
         return cls(hashlib.sha256(static_public).digest())
 
     @classmethod
-    def parse(cls, text: str) -> "PeerId":
+    def parse(cls, text: str) -> PeerId:
         pad = "=" * (-len(text) % 8)
         raw = base64.b32decode(text.upper() + pad)
         if len(raw) != 32:
@@ -105,7 +105,7 @@ class NodeCertificate:
         kind: str = "user",
         lifetime: float = CERT_LIFETIME,
         now: float | None = None,
-    ) -> "NodeCertificate":
+    ) -> NodeCertificate:
         """Sign a certificate binding ``node_static_key`` to ``user`` with ``signer``."""
         if kind not in KINDS:
             raise ValueError(f"kind must be one of {KINDS}")
@@ -140,7 +140,7 @@ class NodeCertificate:
         return [self.kind, self.user, self.ssh_public_key, self.node_static_key, self.issued, self.expires, self.signature]
 
     @classmethod
-    def from_wire(cls, obj: object) -> "NodeCertificate":
+    def from_wire(cls, obj: object) -> NodeCertificate:
         """Rebuild from :meth:`to_wire` output; :class:`CertificateError` when ill-formed."""
         types = (str, str, str, bytes, int, int, bytes)
         if (
@@ -171,7 +171,7 @@ class NodeIdentity:
         kind: str = "user",
         lifetime: float = CERT_LIFETIME,
         now: float | None = None,
-    ) -> "NodeIdentity":
+    ) -> NodeIdentity:
         """A fresh X25519 static key certified by ``signer`` for ``user``."""
         priv = x25519.X25519PrivateKey.generate()
         raw_priv = priv.private_bytes(

@@ -11,9 +11,10 @@ import base64
 import binascii
 import hashlib
 import os
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Union
+from typing import Union
 
 from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
 from cryptography.hazmat.primitives import hashes, serialization
@@ -62,7 +63,7 @@ class SshPublicKey:
     _key: _PublicKey = field(compare=False, repr=False, hash=False)
 
     @classmethod
-    def parse(cls, line: str | bytes) -> "SshPublicKey":
+    def parse(cls, line: str | bytes) -> SshPublicKey:
         """Parse an OpenSSH public key line; raise :class:`KeyLoadError` if it is not one."""
         text = line.decode("ascii", "replace") if isinstance(line, bytes) else line
         parts = text.strip().split()
@@ -78,7 +79,7 @@ class SshPublicKey:
         return cls(parts[0], blob, key)
 
     @classmethod
-    def from_cryptography(cls, key: _PublicKey) -> "SshPublicKey":
+    def from_cryptography(cls, key: _PublicKey) -> SshPublicKey:
         line = key.public_bytes(serialization.Encoding.OpenSSH, serialization.PublicFormat.OpenSSH)
         return cls.parse(line)
 

@@ -80,7 +80,7 @@ class MessageChannel:
         with map_exceptions():
             await self.stream.aclose()
 
-    async def __aenter__(self) -> "MessageChannel":
+    async def __aenter__(self) -> MessageChannel:
         return self
 
     async def __aexit__(self, *exc: object) -> None:

@@ -30,7 +30,6 @@ import logging
 import operator
 import time
 from collections.abc import Awaitable, Callable
-from typing import Union
 
 import trio
 
@@ -47,7 +46,7 @@ log = logging.getLogger(__name__)
 _RECEIVE_SIZE = 256 * 1024
 _SEND_BATCH = 256 * 1024
 
-Authorizer = Callable[[PeerInfo], Union[str, None, Awaitable[Union[str, None]]]]
+Authorizer = Callable[[PeerInfo], str | None | Awaitable[str | None]]
 """Decides on an authenticated peer: ``None`` accepts, a string is the reason to refuse."""
 
 

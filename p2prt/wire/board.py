@@ -171,7 +171,7 @@ class LeaseTicket(Record):
         fields = self.to_wire()[:-1]
         return _TICKET_DOMAIN + cbor2.dumps(fields)
 
-    def signed(self, board_key: SshKey) -> "LeaseTicket":
+    def signed(self, board_key: SshKey) -> LeaseTicket:
         return dataclasses.replace(self, signature=board_key.sign(self.signed_bytes()))
 
     def verify(self, board_key: SshPublicKey) -> bool:

@@ -37,9 +37,9 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from cryptography.exceptions import InvalidTag
 from noise.connection import Keypair, NoiseConnection
 from noise.exceptions import NoiseInvalidMessage
-from cryptography.exceptions import InvalidTag
 
 from ..errors import (
     CertificateError,
@@ -52,7 +52,7 @@ from ..errors import (
     VersionMismatchError,
 )
 from ..identity.certificate import NodeCertificate, NodeIdentity, PeerId
-from .cipher import CipherState, MAX_NOISE_MESSAGE
+from .cipher import MAX_NOISE_MESSAGE, CipherState
 from .control import Accept, Hello, Reject, Versions
 from .frames import NOISE_HEADER, FrameDecoder, encode_frame
 from .messages import decode_message, encode_message

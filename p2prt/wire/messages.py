@@ -40,7 +40,7 @@ __all__ = [
 MAX_NESTING = 32
 """Deepest nesting accepted inside an ``Any`` field."""
 
-_REGISTRY: dict[str, type["Message"]] = {}
+_REGISTRY: dict[str, type[Message]] = {}
 
 _Check = Callable[[Any, str], Any]  # (value, path) -> converted value; raises InvalidMessageError
 
