@@ -219,8 +219,8 @@ class ClientRuntime:
         """Queue ``fn(*args, **kwargs)``; returns its ref at once."""
         if self._closed:
             raise RuntimeUsageError("p2prt was shut down; call p2prt.init() again")
+        ship_user_modules()  # before pickling: a by-value function may use other user modules
         fn_id, payload = self._function(fn)
-        ship_user_modules()
         deps = [a.id for a in args if isinstance(a, ObjectRef)]
         deps += [v.id for v in kwargs.values() if isinstance(v, ObjectRef)]
         object_id = new_object_id()
@@ -778,9 +778,13 @@ class ClientRuntime:
             stale = [shape for shape, n in self._requested.items() if n and not self._queues.get(shape)]
             if stale and self._board is not None:
                 # Demand left over from a finished batch would keep arriving as grants
-                # (and be returned) while other shapes wait: drop all, re-ask for the rest.
+                # (and be returned) while other shapes wait: drop all, then re-ask for
+                # the rest — in this order, so the cancel cannot overtake the new request.
                 self._requested.clear()
-                self._board_send_soon(bm.LeaseCancel(self.cluster))
+                try:
+                    await self._board.send(bm.LeaseCancel(self.cluster))
+                except P2prtError:
+                    pass
                 self._place()
 
 

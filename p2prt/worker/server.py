@@ -17,6 +17,7 @@ connection ends, its queued and running tasks are cancelled.
 
 from __future__ import annotations
 
+import collections
 import itertools
 import logging
 import os
@@ -71,6 +72,9 @@ class _ClientConn:
     leases: dict[str, bm.LeaseTicket] = field(default_factory=dict)
     fns: dict[bytes, bytes] = field(default_factory=dict)
     fn_bytes: int = 0
+    # Leases of several CPUs run one task at a time; the rest wait here, per lease.
+    held: dict[str, collections.deque[ExecTask]] = field(default_factory=dict)
+    running: dict[str, int] = field(default_factory=dict)
     tasks: dict[int, tuple[int, str]] = field(default_factory=dict)  # pool id -> (client id, lease)
     outbox: list[Message] = field(default_factory=list)
     has_data: trio.Event = field(default_factory=trio.Event)
@@ -191,6 +195,11 @@ class WorkerServer:
         if isinstance(msg, bm.LeaseRevoked):
             self._revoked.add(msg.lease_id)
             for conn in self._clients.values():
+                held = conn.held.pop(msg.lease_id, None)
+                if held:
+                    for pool_id in [t.task_id for t in held]:
+                        self._revoked_tasks[pool_id] = msg.reason
+                    self._on_results([ExecResult(t.task_id, "cancelled") for t in held])
                 if conn.leases.pop(msg.lease_id, None) is not None:
                     for pool_id, (_, lease_id) in list(conn.tasks.items()):
                         if lease_id == msg.lease_id:
@@ -266,9 +275,15 @@ class WorkerServer:
         elif isinstance(msg, pm.Detach):
             conn.leases.pop(msg.lease_id, None)
         elif isinstance(msg, pm.CancelTask):
-            for pool_id, (client_id, _) in conn.tasks.items():
+            for pool_id, (client_id, lease_id) in conn.tasks.items():
                 if client_id == msg.task_id:
-                    self.pool.cancel(pool_id, force=msg.force)
+                    held = conn.held.get(lease_id)
+                    waiting = next((t for t in held if t.task_id == pool_id), None) if held else None
+                    if held is not None and waiting is not None:
+                        held.remove(waiting)
+                        self._on_results([ExecResult(pool_id, "cancelled", message="cancelled before it started")])
+                    else:
+                        self.pool.cancel(pool_id, force=msg.force)
                     break
         elif isinstance(msg, (pm.NestedSubmitted, pm.NestedValues, ErrorReply)):
             rid = msg.request_id if isinstance(msg, ErrorReply) else msg.rid
@@ -293,11 +308,29 @@ class WorkerServer:
             pool_id = next(self._ids)
             conn.tasks[pool_id] = (spec.task_id, spec.lease_id)
             self._owner[pool_id] = conn
-            batch.append(ExecTask(pool_id, spec.fn_id, payload, spec.args, list(spec.buffers), spec.timeout))
+            task = ExecTask(pool_id, spec.fn_id, payload, spec.args, list(spec.buffers), spec.timeout)
+            if conn.leases[spec.lease_id].num_cpus > 1:
+                # The board counted num_cpus slots for this lease: never run two of its
+                # tasks at once. (1-CPU leases need no bookkeeping: the pool has one
+                # executor per slot, and the board leases no more slots than exist.)
+                if conn.running.get(spec.lease_id, 0):
+                    conn.held.setdefault(spec.lease_id, collections.deque()).append(task)
+                    continue
+                conn.running[spec.lease_id] = 1
+            batch.append(task)
         if refused:
             conn.enqueue(pm.TaskResults(refused))
         if batch:
             self.pool.submit(batch)
+
+    def _next_of_lease(self, conn: _ClientConn, lease_id: str) -> None:
+        if not conn.running.get(lease_id):
+            return
+        waiting = conn.held.get(lease_id)
+        if waiting:
+            self.pool.submit([waiting.popleft()])
+        else:
+            conn.running.pop(lease_id, None)
 
     def _on_results(self, results: list[ExecResult]) -> None:
         per_conn: dict[_ClientConn, list[pm.TaskResult]] = {}
@@ -308,6 +341,7 @@ class WorkerServer:
             entry = conn.tasks.pop(r.task_id, None)
             if entry is None:
                 continue
+            self._next_of_lease(conn, entry[1])
             status, message = r.status, r.message
             reason = self._revoked_tasks.pop(r.task_id, None)
             if reason is not None and status == "cancelled":

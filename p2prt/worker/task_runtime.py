@@ -29,8 +29,8 @@ class TaskRuntime:
     def submit(self, fn: Any, args: tuple[Any, ...], kwargs: dict[str, Any], options: Any) -> Any:
         from ..client.objects import ObjectRef
 
-        ship_by_value(fn)
         ship_user_modules()
+        ship_by_value(fn)
         fn_payload, _ = dumps(fn)
         call, bufs = dumps((args, kwargs))
         if bufs:

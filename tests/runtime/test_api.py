@@ -745,13 +745,6 @@ def test_resources_and_num_cpus(tmp_path: Path) -> None:
     assert "gpu=1" in lines[2] and "gpu=0" in lines[2]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=AssertionError,
-    reason="bug: p2prt/client/runtime.py ClientRuntime._housekeeping sends LeaseCancel only when no shape "
-    "has queued tasks, so a shape's leftover lease requests (here 48 x 1 CPU) keep being granted and "
-    "returned (one pair per linger second) while a 2-CPU task waits ~25 s",
-)
 def test_a_new_shape_is_not_starved_by_leftover_lease_requests(tmp_path: Path) -> None:
     lines = fresh_driver(tmp_path, """
         import p2prt
@@ -767,12 +760,6 @@ def test_a_new_shape_is_not_starved_by_leftover_lease_requests(tmp_path: Path) -
     assert lines == ["two cpus 6"]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=AssertionError,
-    reason="bug: p2prt/worker/server.py WorkerServer._submit / ExecutorPool ignore the lease's num_cpus: "
-    "tasks of a 2-CPU lease run on every executor at once, so two num_cpus=2 tasks share a 2-slot worker",
-)
 def test_num_cpus_is_honoured_on_the_worker(tmp_path: Path) -> None:
     lines = fresh_driver(tmp_path, """
         import time, p2prt
@@ -918,12 +905,6 @@ def test_user_module_is_shipped_by_value(
         p2prt.get(p2prt.remote(mod.fail).remote(), timeout=30)  # type: ignore[attr-defined]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=MissingPackageError,
-    reason="bug: p2prt/serialization/pickling.py ship_by_value registers only the submitted function's own "
-    "module, so a user module it imports is pickled by reference and missing on the worker",
-)
 def test_user_module_used_by_a_user_module_is_shipped_too(
     cluster: p2prt.ClusterInfo, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
