@@ -186,7 +186,14 @@ class _Executor:
                 if threading.get_ident() != _MAIN:
                     _thread.interrupt_main(signal.SIGINT)
             elif tid in self.pending:
-                self.cancelled.add(tid)
+                queued = next((t for t in self.work if t is not _END and t[0] == tid), None)
+                if queued is not None and threading.get_ident() == _MAIN and not self.guard:
+                    # Not started: answer now rather than after the task ahead of it.
+                    self.work.remove(queued)
+                    self.pending.discard(tid)
+                    self.send([self.encode_results([(tid, "cancelled", b"", [])])])
+                else:
+                    self.cancelled.add(tid)
         elif kind == "rep":
             if msg[1] in self.waiting:
                 self.replies[msg[1]] = (msg[2], msg[3])

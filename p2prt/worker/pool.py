@@ -58,6 +58,8 @@ log = logging.getLogger(__name__)
 
 MAX_CHUNK = 64
 MAX_CHUNKS_IN_FLIGHT = 2
+PIPELINE_STALL = 0.005
+"""Seconds without a result after which an executor gets no second chunk."""
 START_TIMEOUT = 30.0
 #: Seconds an executor has to answer a force-cancel before it is killed regardless.
 FORCE_GRACE = 0.5
@@ -240,10 +242,17 @@ class ExecutorPool:
                     queue.popleft()
                     self._dropped.discard(head.task_id)
                     continue
+                now = trio.current_time()
+                # A second chunk only to an executor that is churning through its first:
+                # one silent for PIPELINE_STALL seconds runs something long, and tasks
+                # queued behind it would wait while another slot may free up first.
                 ready = [
                     ex
                     for ex in self._executors
-                    if ex.runnable and ex.timed_task is None and len(ex.chunks) < MAX_CHUNKS_IN_FLIGHT
+                    if ex.runnable
+                    and ex.timed_task is None
+                    and len(ex.chunks) < MAX_CHUNKS_IN_FLIGHT
+                    and (not ex.chunks or now - ex.last_progress < PIPELINE_STALL)
                 ]
                 if not ready:
                     break
@@ -275,6 +284,8 @@ class ExecutorPool:
             self._dispatching = False
 
     def _send_chunk(self, ex: ExecutorHandle, tasks: list[ExecTask]) -> None:
+        if not ex.chunks:
+            ex.last_progress = trio.current_time()
         for task in tasks:
             if task.fn_id not in ex.fns:
                 ex.outbox.append(encode(("fn", task.fn_id, task.fn_payload)))
@@ -429,6 +440,7 @@ class ExecutorPool:
     def _handle(self, ex: ExecutorHandle, msg: tuple[Any, ...], results: list[ExecResult]) -> None:
         kind = msg[0]
         if kind == "res":
+            ex.last_progress = trio.current_time()
             for tid, status, data, buffers in msg[1]:
                 if self._finish(ex, tid):
                     results.append(ExecResult(tid, status, data, buffers))

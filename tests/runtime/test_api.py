@@ -320,12 +320,6 @@ def test_get_single_and_list_in_order(cluster: p2prt.ClusterInfo) -> None:
         p2prt.get([ref, 5])
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=GetTimeoutError,
-    reason="bug: p2prt/worker/pool.py ExecutorPool._dispatch gives a busy executor a second chunk, and "
-    "tasks queued behind a long task are never taken back, so they wait for it while a slot is idle",
-)
 def test_short_tasks_do_not_wait_behind_a_long_one(cluster: p2prt.ClusterInfo, gate: Path, tmp_path: Path) -> None:
     long = gated.remote(str(gate), str(tmp_path / "s"), "long")
     wait_for_file(tmp_path / "s")
@@ -672,12 +666,6 @@ def test_cancel_a_queued_task(cluster: p2prt.ClusterInfo, gate: Path, tmp_path: 
     assert not (tmp_path / "ran").exists()
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=GetTimeoutError,
-    reason="bug: p2prt/worker/executor.py _Executor.accept only marks a cancelled task that waits in the "
-    "executor's chunk; its 'cancelled' result is sent when the executor reaches it, after the task before it",
-)
 def test_cancel_of_a_queued_task_takes_effect_at_once(cluster: p2prt.ClusterInfo, gate: Path, tmp_path: Path) -> None:
     blockers = _start_blockers(gate, tmp_path)
     queued = touch.remote(str(tmp_path / "ran"))
