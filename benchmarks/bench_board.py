@@ -42,7 +42,9 @@ def _cpu_seconds(pid: int) -> float:
 def start_board(data: Path) -> tuple[subprocess.Popen[str], str]:
     proc = subprocess.Popen(
         [sys.executable, "-m", "p2prt", "board", "--data", str(data), "--port", "0", "--heartbeat-timeout", "30"],
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
     )
     assert proc.stdout is not None
     for line in proc.stdout:
@@ -51,8 +53,15 @@ def start_board(data: Path) -> tuple[subprocess.Popen[str], str]:
     raise RuntimeError("board did not start")
 
 
-async def run_load(address: str, key_by_user: dict[str, object], n_workers: int, n_clients: int,
-                   seconds: float, batch: int, board_pid: int) -> dict[str, float]:
+async def run_load(
+    address: str,
+    key_by_user: dict[str, object],
+    n_workers: int,
+    n_clients: int,
+    seconds: float,
+    batch: int,
+    board_pid: int,
+) -> dict[str, float]:
     known = KnownBoards(Path(tempfile.mkdtemp()) / "known_boards")
     ops = 0
     requests = 0
@@ -64,7 +73,9 @@ async def run_load(address: str, key_by_user: dict[str, object], n_workers: int,
         nonlocal registered
         ident = NodeIdentity.create(key_by_user["bob"], "bob")  # type: ignore[arg-type]
         async with open_board_client(address, ident, known_boards=known) as b:
-            await b.call(lambda rid: m.WorkerRegister(rid, "alice/bench", 4, {}, "3.11", f"w{i}", [m.Address("127.0.0.1", 9)]))
+            await b.call(
+                lambda rid: m.WorkerRegister(rid, "alice/bench", 4, {}, "3.11", f"w{i}", [m.Address("127.0.0.1", 9)])
+            )
             registered += 1
             async for _ in b.pushes:  # drain lease notices
                 pass
@@ -141,14 +152,20 @@ def main() -> None:
                 proc.terminate()
                 proc.wait(timeout=10)
             rows.append((n, idle_rss, r))
-    print(f"board: {args.clients} clients, up to {args.batch} leases per request, {args.seconds:g} s per row "
-          "(lease op = one grant or one return)")
-    print(f"{'workers':>8} {'batch':>6} {'lease ops/s':>12} {'requests/s':>11} {'board CPU':>10} {'ops per CPU-s':>14} "
-          f"{'RSS idle':>9} {'RSS loaded':>11}")
+    print(
+        f"board: {args.clients} clients, up to {args.batch} leases per request, {args.seconds:g} s per row "
+        "(lease op = one grant or one return)"
+    )
+    print(
+        f"{'workers':>8} {'batch':>6} {'lease ops/s':>12} {'requests/s':>11} {'board CPU':>10} {'ops per CPU-s':>14} "
+        f"{'RSS idle':>9} {'RSS loaded':>11}"
+    )
     for n, idle, r in rows:
         per_cpu = r["ops_per_s"] / r["board_cpu"] if r["board_cpu"] else float("nan")
-        print(f"{n:>8} {r['batch']:>6.0f} {r['ops_per_s']:>12.0f} {r['requests_per_s']:>11.0f} {r['board_cpu']:>9.0%} {per_cpu:>14.0f} "
-              f"{idle:>7.0f}Mi {r['rss_mib']:>9.0f}Mi")
+        print(
+            f"{n:>8} {r['batch']:>6.0f} {r['ops_per_s']:>12.0f} {r['requests_per_s']:>11.0f} {r['board_cpu']:>9.0%} {per_cpu:>14.0f} "
+            f"{idle:>7.0f}Mi {r['rss_mib']:>9.0f}Mi"
+        )
     print("'ops per CPU-s' is the board's capacity on one core when the load generator (this process,")
     print("sharing the 2 cores) cannot saturate it; 'board CPU' below 100% means the generator was the limit.")
     print("target: 1,000 workers held; >= 10,000 lease ops/s on one core")

@@ -56,7 +56,11 @@ LABELS = {
     "processpool": "ProcessPool",
 }
 IMPORTS = {
-    "p2prt": "p2prt", "p2prt-shared": "p2prt", "ray": "ray", "dask": "distributed", "processpool": "concurrent.futures",
+    "p2prt": "p2prt",
+    "p2prt-shared": "p2prt",
+    "ray": "ray",
+    "dask": "distributed",
+    "processpool": "concurrent.futures",
 }
 
 # (key, label, unit, target text, target value, higher is better)
@@ -190,9 +194,7 @@ class Dask(System):
 
         logging.getLogger("distributed").setLevel(logging.ERROR)
         # dashboard_address=None: no web server (nor a port clash); nothing else changed.
-        self.cluster = LocalCluster(
-            n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None
-        )
+        self.cluster = LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None)
         self.client = Client(self.cluster)
 
     def submit(self, fn, *args):
@@ -531,16 +533,25 @@ class SharedLayout:
         import subprocess
 
         subprocess.run(
-            [sys.executable, "-m", "p2prt", *args], env=self.env, check=True, timeout=30,
-            stdout=self.log, stderr=self.log, stdin=subprocess.DEVNULL,
+            [sys.executable, "-m", "p2prt", *args],
+            env=self.env,
+            check=True,
+            timeout=30,
+            stdout=self.log,
+            stderr=self.log,
+            stdin=subprocess.DEVNULL,
         )
 
     def _spawn(self, *args):
         import subprocess
 
         proc = subprocess.Popen(
-            [sys.executable, "-m", "p2prt", *args], env=self.env, stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, text=True,
+            [sys.executable, "-m", "p2prt", *args],
+            env=self.env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            text=True,
         )
         self.procs.append(proc)
         return proc
@@ -585,8 +596,19 @@ class SharedLayout:
         self.address = re.search(r"listening on ([\d.]+:\d+)", line).group(1)
         workers = [
             self._spawn(
-                "worker", "--cluster", self.cluster, "--board", self.address, "--cpus", "1",
-                "--key", self.key, "--user", self.USER, "--listen", "127.0.0.1",
+                "worker",
+                "--cluster",
+                self.cluster,
+                "--board",
+                self.address,
+                "--cpus",
+                "1",
+                "--key",
+                self.key,
+                "--user",
+                self.USER,
+                "--listen",
+                "127.0.0.1",
             )
             for _ in range(2)
         ]
@@ -631,8 +653,13 @@ def run_child(name, args, budget, log, env=None, extra=None):
     log.flush()
     results, notes = {}, {}
     proc = subprocess.Popen(
-        cmd, stdout=subprocess.PIPE, stderr=log, stdin=subprocess.DEVNULL, text=True,
-        env=env, start_new_session=True,
+        cmd,
+        stdout=subprocess.PIPE,
+        stderr=log,
+        stdin=subprocess.DEVNULL,
+        text=True,
+        env=env,
+        start_new_session=True,
     )
     assert proc.stdout is not None
     deadline = time.monotonic() + budget
@@ -688,8 +715,11 @@ def _p2prt_revision():
         return ""
     try:
         rev = subprocess.run(
-            ["git", "describe", "--always", "--dirty"], cwd=os.path.dirname(spec.origin),
-            capture_output=True, text=True, timeout=5,
+            ["git", "describe", "--always", "--dirty"],
+            cwd=os.path.dirname(spec.origin),
+            capture_output=True,
+            text=True,
+            timeout=5,
         ).stdout.strip()
     except (OSError, subprocess.SubprocessError):
         return ""
@@ -772,13 +802,22 @@ def main(argv=None):
     )
     ap.add_argument("--quick", action="store_true", help="fewer repetitions (about half the time)")
     ap.add_argument("--only", default="p2prt,ray,dask,processpool", help="comma-separated: p2prt,ray,dask,processpool")
-    ap.add_argument("--layout", choices=("embedded", "shared", "both"), default="embedded",
-                    help="p2prt's layout: the embedded cluster, a board + 2 worker processes, or both")
+    ap.add_argument(
+        "--layout",
+        choices=("embedded", "shared", "both"),
+        default="embedded",
+        help="p2prt's layout: the embedded cluster, a board + 2 worker processes, or both",
+    )
     ap.add_argument("--payload", choices=("bytes", "numpy"), default="bytes", help="the 64 MiB object's type")
     ap.add_argument("--budget", type=float, default=170.0, help="seconds for the whole run (default 170)")
-    ap.add_argument("--settle", type=float, default=0.0, metavar="SECONDS",
-                    help="before each system, wait up to this long for other processes to go quiet "
-                    "(a shared machine); not counted in --budget")
+    ap.add_argument(
+        "--settle",
+        type=float,
+        default=0.0,
+        metavar="SECONDS",
+        help="before each system, wait up to this long for other processes to go quiet "
+        "(a shared machine); not counted in --budget",
+    )
     ap.add_argument("--log", help="write the children's output here (default: a temporary file)")
     ap.add_argument("--child", choices=SYSTEMS, help=argparse.SUPPRESS)
     ap.add_argument("--extra", help=argparse.SUPPRESS)

@@ -68,7 +68,7 @@ async def run(mib: int, repeat: int) -> list[tuple[str, float]]:
         async with trio.open_nursery() as n:
             results: dict[str, trio.abc.Stream] = {}
 
-            async def acc() -> None:
+            async def acc(results: dict[str, trio.abc.Stream] = results, s: trio.abc.Stream = s) -> None:
                 results["s"] = await noise_accept(s, b)
 
             n.start_soon(acc)

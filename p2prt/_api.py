@@ -86,8 +86,11 @@ def init(
 
             emb = EmbeddedCluster(num_cpus)
             runtime = ClientRuntime(
-                board_address="", cluster=emb.cluster, identity=emb.identity,
-                known_boards=emb.known_boards, background=emb.start,
+                board_address="",
+                cluster=emb.cluster,
+                identity=emb.identity,
+                known_boards=emb.known_boards,
+                background=emb.start,
             )
             try:
                 runtime.start()

@@ -38,7 +38,9 @@ class RemoteFunction(Generic[R]):
         """A copy with some options changed (``num_cpus``, ``max_retries``, ``timeout``, ...)."""
         unknown = set(options) - _OPTION_NAMES
         if unknown:
-            raise TypeError(f"unknown option(s) {', '.join(sorted(unknown))}; known: {', '.join(sorted(_OPTION_NAMES))}")
+            raise TypeError(
+                f"unknown option(s) {', '.join(sorted(unknown))}; known: {', '.join(sorted(_OPTION_NAMES))}"
+            )
         merged = {**self._options.__dict__, **options}
         return RemoteFunction(self._function, TaskOptions(**merged))
 

@@ -78,16 +78,24 @@ def pool_shares(pool: Pool) -> tuple[dict[str, int], dict[str, int]]:
     now, then to whoever came first. Costs ``O(n log n)`` in users and clients with demand.
     """
     users = pool.users
-    user_share = water_fill(pool.workers.capacity, {name: user.capped for name, user in users.items()},
-                            rank=lambda name: (-users[name].held, users[name].seq, name))
+    user_share = water_fill(
+        pool.workers.capacity,
+        {name: user.capped for name, user in users.items()},
+        rank=lambda name: (-users[name].held, users[name].seq, name),
+    )
     demands = pool.demands
     client_share: dict[str, int] = {}
     for name, user in users.items():
         if len(user.clients) == 1:
             client_share[next(iter(user.clients))] = user_share[name]
             continue
-        client_share.update(water_fill(user_share[name], {c: d.capped for c, d in user.clients.items()},
-                                       rank=lambda c: (-demands[c].held, demands[c].seq, c)))
+        client_share.update(
+            water_fill(
+                user_share[name],
+                {c: d.capped for c, d in user.clients.items()},
+                rank=lambda c: (-demands[c].held, demands[c].seq, c),
+            )
+        )
     return user_share, client_share
 
 
@@ -120,8 +128,12 @@ def schedule(book: Book, pool: Pool, events: list[Event]) -> None:
             continue
         if demand.waiting_cpus and demand.held < share and demand.user.held < user_share[demand.user.user]:
             heapq.heappush(heap, (demand.held / share, seq, peer_id))
-    starved = [shape for peer_id, demand in pool.waiting.items() if demand.held < client_share[peer_id]
-               for shape in demand.waiting]
+    starved = [
+        shape
+        for peer_id, demand in pool.waiting.items()
+        if demand.held < client_share[peer_id]
+        for shape in demand.waiting
+    ]
     if not starved:
         return
     for peer_id, demand in pool.demands.items():
@@ -150,9 +162,11 @@ def _reclaim(book: Book, demand: Demand, share: int, starved: list[LeaseShape], 
     below its share, never the same lease twice."""
     candidates = [s for s in reversed(demand.client.leases.values()) if s.demand is demand and not s.reclaimed]
     if any(shape.pairs or shape.num_cpus > 1 for shape in starved):
+
         def useless(state: LeaseState) -> bool:
             w = state.worker
             return not any(s.names <= w.signature and s.num_cpus <= w.slots for s in starved)
+
         candidates.sort(key=useless)  # stable: newest first within each group
     excess = demand.held - demand.reclaiming - share
     for state in candidates:

@@ -52,8 +52,17 @@ class WorkerState:
         "user",
     )
 
-    def __init__(self, peer_id: str, user: str, cluster: str, host: str, slots: int,
-                 resources: tuple[tuple[str, float], ...], python: str, now: float) -> None:
+    def __init__(
+        self,
+        peer_id: str,
+        user: str,
+        cluster: str,
+        host: str,
+        slots: int,
+        resources: tuple[tuple[str, float], ...],
+        python: str,
+        now: float,
+    ) -> None:
         self.peer_id = peer_id
         self.user = user
         self.cluster = cluster
@@ -242,13 +251,17 @@ def unsatisfiable_reason(cluster: str, shape: LeaseShape, workers: list[WorkerSt
     big = [w for w in same if w.slots >= shape.num_cpus]
     if not big:
         largest = max(w.slots for w in same)
-        return (f"no worker in {cluster} running Python {shape.python} offers {shape.num_cpus} CPUs "
-                f"(the largest offers {largest})")
+        return (
+            f"no worker in {cluster} running Python {shape.python} offers {shape.num_cpus} CPUs "
+            f"(the largest offers {largest})"
+        )
     need = ", ".join(f"{name}={amount:g}" for name, amount in shape.pairs)
     have = []
     for name, _ in shape.pairs:
         best = max(w.total_resources.get(name, 0.0) for w in big)
         have.append(f"{name}={best:g}")
     cpus = f"{shape.num_cpus} CPU" + ("s" if shape.num_cpus != 1 else "")
-    return (f"no worker in {cluster} running Python {shape.python} with {cpus} offers {need} "
-            f"(the most any such worker offers: {', '.join(have)})")
+    return (
+        f"no worker in {cluster} running Python {shape.python} with {cpus} offers {need} "
+        f"(the most any such worker offers: {', '.join(have)})"
+    )

@@ -85,7 +85,16 @@ class Demand:
     """One client's demand in one pool."""
 
     __slots__ = (
-        "capped", "client", "held", "held_by_shape", "pool", "reclaiming", "seq", "user", "waiting", "waiting_cpus",
+        "capped",
+        "client",
+        "held",
+        "held_by_shape",
+        "pool",
+        "reclaiming",
+        "seq",
+        "user",
+        "waiting",
+        "waiting_cpus",
     )
 
     def __init__(self, client: ClientState, pool: Pool, user: UserDemand, seq: int) -> None:
@@ -290,8 +299,18 @@ class Book:
         if lease_id in self.leases:
             raise SchedulerError(f"lease id factory returned a duplicate id {lease_id!r}")
         client, pool = demand.client, demand.pool
-        lease = Lease(lease_id, pool.cluster, client.peer_id, client.user, worker.peer_id, shape.num_cpus,
-                      shape.resources, shape.python, self.now, self.now + self.config.lease_ttl)
+        lease = Lease(
+            lease_id,
+            pool.cluster,
+            client.peer_id,
+            client.user,
+            worker.peer_id,
+            shape.num_cpus,
+            shape.resources,
+            shape.python,
+            self.now,
+            self.now + self.config.lease_ttl,
+        )
         pool.workers.allocate(worker, shape)
         state = LeaseState(lease, shape, worker, demand, self.next_seq())
         self.leases[lease_id] = state

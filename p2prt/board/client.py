@@ -65,7 +65,7 @@ def resolve_board_address(flag: str | None) -> str:
             host, port = parse_board_address(value)
             return f"{host}:{port}"
     raise ConfigError(
-        "no board given: pass --board HOST:PORT, set P2PRT_BOARD, or put board = \"HOST:PORT\" "
+        'no board given: pass --board HOST:PORT, set P2PRT_BOARD, or put board = "HOST:PORT" '
         "in ~/.config/p2prt/config.toml"
     )
 

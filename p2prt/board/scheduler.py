@@ -142,6 +142,7 @@ __all__ = [
     "REVOKE_CLIENT_DISCONNECTED",
 ]
 
+
 def _name(value: object, what: str) -> str:
     if not isinstance(value, str) or not value:
         raise SchedulerError(f"{what} must be a non-empty string, got {value!r}")
@@ -167,8 +168,9 @@ class Scheduler:
     duplicate id raises :class:`SchedulerError`.
     """
 
-    def __init__(self, config: SchedulerConfig | None = None, *,
-                 lease_id_factory: Callable[[], str] | None = None) -> None:
+    def __init__(
+        self, config: SchedulerConfig | None = None, *, lease_id_factory: Callable[[], str] | None = None
+    ) -> None:
         self.config = config if config is not None else SchedulerConfig()
         self._book = Book(self.config, lease_id_factory if lease_id_factory is not None else LeaseIds())
         self._cluster_gen: dict[str, int] = {}  # changes whenever a cluster's set of workers does
@@ -177,9 +179,18 @@ class Scheduler:
 
     # ----------------------------------------------------------------- workers
 
-    def register_worker(self, peer_id: str, *, user: str, cluster: str, host: str, slots: int,
-                        resources: Mapping[str, float] | None = None, python: str = "3.11",
-                        now: float) -> list[Event]:
+    def register_worker(
+        self,
+        peer_id: str,
+        *,
+        user: str,
+        cluster: str,
+        host: str,
+        slots: int,
+        resources: Mapping[str, float] | None = None,
+        python: str = "3.11",
+        now: float,
+    ) -> list[Event]:
         """Add a live worker offering ``slots`` CPUs and ``resources`` to ``cluster``.
 
         Returns the grants its capacity enables. Registering a known ``peer_id`` again
@@ -240,9 +251,18 @@ class Scheduler:
 
     # ----------------------------------------------------------------- clients
 
-    def request_leases(self, client_peer_id: str, user: str, cluster: str, count: int, *, num_cpus: int = 1,
-                       resources: Mapping[str, float] | None = None, python: str = "3.11",
-                       now: float) -> list[Event]:
+    def request_leases(
+        self,
+        client_peer_id: str,
+        user: str,
+        cluster: str,
+        count: int,
+        *,
+        num_cpus: int = 1,
+        resources: Mapping[str, float] | None = None,
+        python: str = "3.11",
+        now: float,
+    ) -> list[Event]:
         """Add ``count`` leases of one shape to the client's waiting demand in ``cluster``.
 
         Returns the grants made at once (possibly fewer than ``count``; the rest waits)
@@ -413,10 +433,21 @@ class Scheduler:
             if cluster is not None and w.cluster != cluster:
                 continue
             busy = {name: total - w.free_resources[name] for name, total in w.resources}
-            workers.append(WorkerStatus(
-                w.peer_id, w.user, w.cluster, w.host, w.python, w.slots, w.slots - w.free_cpus,
-                FrozenResources(dict(w.resources)), FrozenResources({k: v for k, v in busy.items() if v > 1e-9}),
-                len(w.leases), w.last_seen))
+            workers.append(
+                WorkerStatus(
+                    w.peer_id,
+                    w.user,
+                    w.cluster,
+                    w.host,
+                    w.python,
+                    w.slots,
+                    w.slots - w.free_cpus,
+                    FrozenResources(dict(w.resources)),
+                    FrozenResources({k: v for k, v in busy.items() if v > 1e-9}),
+                    len(w.leases),
+                    w.last_seen,
+                )
+            )
         per_user: dict[tuple[str, str], list[int]] = {}
         for state in book.leases.values():
             lease = state.lease
@@ -430,8 +461,9 @@ class Scheduler:
             if cluster is None or pool.cluster == cluster:
                 for demand in pool.waiting.values():
                     for shape, count in demand.waiting.items():
-                        waiting.append(WaitingRequest(demand.client.peer_id, demand.client.user, pool.cluster,
-                                                      count, shape))
+                        waiting.append(
+                            WaitingRequest(demand.client.peer_id, demand.client.user, pool.cluster, count, shape)
+                        )
         waiting.sort(key=lambda r: (r.cluster, r.client_peer_id, r.shape.python, r.shape.num_cpus, r.shape.pairs))
         return SchedulerStatus(tuple(workers), tuple(leases), tuple(waiting))
 
@@ -440,9 +472,17 @@ class Scheduler:
         b = self._book
         waiting = sum(sum(d.waiting.values()) for pool in b.pools.values() for d in pool.waiting.values())
         return SchedulerStatistics(
-            grants=b.grants, returns=b.returns, revokes=b.revokes, reclaims=b.reclaims, expiries=b.expiries,
-            unsatisfiable=b.unsatisfiable, workers=len(b.workers), clients=len(b.clients), leases=len(b.leases),
-            waiting=waiting)
+            grants=b.grants,
+            returns=b.returns,
+            revokes=b.revokes,
+            reclaims=b.reclaims,
+            expiries=b.expiries,
+            unsatisfiable=b.unsatisfiable,
+            workers=len(b.workers),
+            clients=len(b.clients),
+            leases=len(b.leases),
+            waiting=waiting,
+        )
 
     # ---------------------------------------------------------------- internal
 
@@ -467,8 +507,15 @@ class Scheduler:
             return cached
         return LeaseShape(num_cpus, resources if resources is not None else NO_RESOURCES, python)
 
-    def _drop_worker(self, worker: WorkerState, reason: str, events: list[Event], touched: set[PoolKey],
-                     lost: set[str], expiry: bool = False) -> None:
+    def _drop_worker(
+        self,
+        worker: WorkerState,
+        reason: str,
+        events: list[Event],
+        touched: set[PoolKey],
+        lost: set[str],
+        expiry: bool = False,
+    ) -> None:
         book = self._book
         for lease_id in list(worker.leases):
             book.end_lease(book.leases[lease_id], reason, events, expiry)
@@ -476,8 +523,9 @@ class Scheduler:
         self._cluster_gen[worker.cluster] = book.next_seq()
         lost.add(worker.cluster)
 
-    def _drop_client(self, client: ClientState, reason: str, events: list[Event], touched: set[PoolKey],
-                     expiry: bool) -> None:
+    def _drop_client(
+        self, client: ClientState, reason: str, events: list[Event], touched: set[PoolKey], expiry: bool
+    ) -> None:
         book = self._book
         for state in list(client.leases.values()):
             touched.add(state.demand.pool.key)

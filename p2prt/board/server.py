@@ -143,7 +143,7 @@ class BoardServer:
         if account != peer.user:
             return (
                 f"this key ({peer.fingerprint}) belongs to account {account!r}, but the certificate claims "
-                f"{peer.user!r}: set user = \"{account}\" in ~/.config/p2prt/config.toml or P2PRT_USER={account}"
+                f'{peer.user!r}: set user = "{account}" in ~/.config/p2prt/config.toml or P2PRT_USER={account}'
             )
         return None
 
@@ -202,9 +202,7 @@ class BoardServer:
                 continue
             try:
                 if s.user is None and not isinstance(msg, m.Register):
-                    raise NotRegisteredError(
-                        "this key has no account on this board yet: run p2prt register NAME first"
-                    )
+                    raise NotRegisteredError("this key has no account on this board yet: run p2prt register NAME first")
                 reply = handler(self, s, msg)
             except P2prtError as exc:
                 code = exc.code if isinstance(exc, BoardRequestError) else type(exc).__name__
@@ -360,10 +358,16 @@ class BoardServer:
         for cluster, parked in self._parked.items():
             if cluster in visible:
                 for sess, req in parked:
-                    status["waiting"].append({
-                        "client": sess.peer_id, "user": sess.user, "cluster": cluster, "count": req.count,
-                        "num_cpus": req.num_cpus, "resources": dict(req.resources or {}),
-                    })
+                    status["waiting"].append(
+                        {
+                            "client": sess.peer_id,
+                            "user": sess.user,
+                            "cluster": cluster,
+                            "count": req.count,
+                            "num_cpus": req.num_cpus,
+                            "resources": dict(req.resources or {}),
+                        }
+                    )
         return status
 
     _handlers: ClassVar[dict[type, Callable[[BoardServer, Session, Any], Any]]] = {

@@ -80,8 +80,7 @@ log = logging.getLogger(__name__)
 DB_FILENAME = "board.sqlite3"
 PERSONAL = "personal"
 NAME_RULE = (
-    "1 to 32 characters from a-z, 0-9, '_', '.', '-', starting with a letter or '_'"
-    " (pattern ^[a-z_][a-z0-9_.-]{0,31}$)"
+    "1 to 32 characters from a-z, 0-9, '_', '.', '-', starting with a letter or '_' (pattern ^[a-z_][a-z0-9_.-]{0,31}$)"
 )
 _NAME_RE = re.compile(r"[a-z_][a-z0-9_.-]{0,31}")
 
@@ -230,9 +229,7 @@ class Store:
         except OSError as exc:
             raise BoardStoreError(f"cannot use board data folder {folder}: {exc.strerror}") from None
         try:
-            conn = sqlite3.connect(
-                path, timeout=busy_timeout, isolation_level=None, check_same_thread=False
-            )
+            conn = sqlite3.connect(path, timeout=busy_timeout, isolation_level=None, check_same_thread=False)
         except sqlite3.Error as exc:
             raise BoardStoreError(f"cannot open board database {path}: {exc}") from None
         store = cls(conn, path, busy_timeout)
@@ -404,9 +401,7 @@ class Store:
         """
         with self._write() as db:
             _require_user(db, name)
-            cur = db.execute(
-                "DELETE FROM keys WHERE fingerprint = ? AND username = ?", (fingerprint, name)
-            )
+            cur = db.execute("DELETE FROM keys WHERE fingerprint = ? AND username = ?", (fingerprint, name))
             if cur.rowcount == 0:
                 raise UnknownKeyError(f"user {name!r} has no key {fingerprint}")
 
@@ -497,9 +492,7 @@ class Store:
         with self._write() as db:
             _require_owner(db, owner, name, by)
             if name == PERSONAL:
-                raise ClusterRuleError(
-                    f"{cluster} admits only {owner}; create another cluster to share machines"
-                )
+                raise ClusterRuleError(f"{cluster} admits only {owner}; create another cluster to share machines")
             _require_users(db, names, f"nobody was added to {cluster}")
             added = []
             for user in names:
@@ -682,8 +675,7 @@ def _insert_keys(db: sqlite3.Connection, name: str, keys: list[SshPublicKey]) ->
             new.append(key)
         elif row[0] != name:
             raise KeyInUseError(
-                f"key {key.fingerprint} already belongs to user {row[0]!r}; a key can belong to"
-                " one user only"
+                f"key {key.fingerprint} already belongs to user {row[0]!r}; a key can belong to one user only"
             )
     db.executemany(
         "INSERT INTO keys (fingerprint, username, line, key_type) VALUES (?, ?, ?, ?)",

@@ -35,18 +35,32 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     )
     p.add_argument("--data", type=Path, help="the board's data folder (key, database); required")
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1; 0.0.0.0 for all)")
-    p.add_argument("--port", type=int, default=DEFAULT_BOARD_PORT, help=f"TCP port (default {DEFAULT_BOARD_PORT}; 0 = any)")
-    p.add_argument("--registration", choices=REGISTRATION_POLICIES, default="closed",
-                   help="closed (default): only the operator adds users; open: anyone may register a name")
+    p.add_argument(
+        "--port", type=int, default=DEFAULT_BOARD_PORT, help=f"TCP port (default {DEFAULT_BOARD_PORT}; 0 = any)"
+    )
+    p.add_argument(
+        "--registration",
+        choices=REGISTRATION_POLICIES,
+        default="closed",
+        help="closed (default): only the operator adds users; open: anyone may register a name",
+    )
     p.add_argument("--heartbeat-timeout", type=float, default=15.0, help="seconds of silence before a peer is lost")
     p.set_defaults(handler=cmd_serve)
     ops = p.add_subparsers(dest="board_command", metavar="OPERATOR-COMMAND")
 
-    a = ops.add_parser("add-user", help="add a user (or more keys to one)", epilog=_EXAMPLES,
-                       formatter_class=argparse.RawDescriptionHelpFormatter)
+    a = ops.add_parser(
+        "add-user",
+        help="add a user (or more keys to one)",
+        epilog=_EXAMPLES,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     a.add_argument("name")
-    a.add_argument("--key", required=True, action="append",
-                   help="an OpenSSH public key line, or a file of them (.pub, authorized_keys); repeatable")
+    a.add_argument(
+        "--key",
+        required=True,
+        action="append",
+        help="an OpenSSH public key line, or a file of them (.pub, authorized_keys); repeatable",
+    )
     a.add_argument("--data", required=True, type=Path, dest="data")
     a.set_defaults(handler=cmd_add_user)
 

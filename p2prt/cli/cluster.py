@@ -19,21 +19,31 @@ from ..wire.messages import Message
 def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--board", help="board address HOST:PORT (else $P2PRT_BOARD, else config.toml)")
     p.add_argument("--key", help="your SSH private key (default: see p2prt id)")
-    p.add_argument("--user", help="your account name on the board (default: $P2PRT_USER, else config user, else login name)")
+    p.add_argument(
+        "--user", help="your account name on the board (default: $P2PRT_USER, else config user, else login name)"
+    )
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     fmt = argparse.RawDescriptionHelpFormatter
-    p = sub.add_parser("register", help="create your account on an open board",
-                       epilog="Example:\n  p2prt register alice --board board.example.org:7790", formatter_class=fmt)
+    p = sub.add_parser(
+        "register",
+        help="create your account on an open board",
+        epilog="Example:\n  p2prt register alice --board board.example.org:7790",
+        formatter_class=fmt,
+    )
     p.add_argument("name")
     _common(p)
     p.set_defaults(handler=cmd_register)
 
-    c = sub.add_parser("cluster", help="create clusters and manage their members",
-                       epilog="Examples:\n  p2prt cluster create friends\n  p2prt cluster add alice/friends bob carol\n"
-                       "  p2prt cluster remove alice/friends carol\n  p2prt cluster list\n"
-                       "  p2prt cluster members alice/friends", formatter_class=fmt)
+    c = sub.add_parser(
+        "cluster",
+        help="create clusters and manage their members",
+        epilog="Examples:\n  p2prt cluster create friends\n  p2prt cluster add alice/friends bob carol\n"
+        "  p2prt cluster remove alice/friends carol\n  p2prt cluster list\n"
+        "  p2prt cluster members alice/friends",
+        formatter_class=fmt,
+    )
     cs = c.add_subparsers(dest="cluster_command", metavar="ACTION", required=True)
     x = cs.add_parser("create", help="create OWNER/NAME owned by you")
     x.add_argument("name")
@@ -57,9 +67,12 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     _common(x)
     x.set_defaults(handler=cmd_cluster, action="members")
 
-    s = sub.add_parser("status", help="workers, leases and waiting requests",
-                       epilog="Examples:\n  p2prt status\n  p2prt status --cluster alice/friends --json",
-                       formatter_class=fmt)
+    s = sub.add_parser(
+        "status",
+        help="workers, leases and waiting requests",
+        epilog="Examples:\n  p2prt status\n  p2prt status --cluster alice/friends --json",
+        formatter_class=fmt,
+    )
     s.add_argument("--cluster", help="only this cluster")
     s.add_argument("--json", action="store_true", help="machine-readable output")
     _common(s)
@@ -134,7 +147,9 @@ def print_status(status: dict[str, Any]) -> None:
     if workers:
         print(f"  {'cluster':<24} {'user':<12} {'host':<20} {'slots':>5} {'busy':>5}  peer")
     for w in workers:
-        print(f"  {w['cluster']:<24} {w['user']:<12} {w['host']:<20} {w['slots']:>5} {w['busy']:>5}  {w['peer_id'][:12]}")
+        print(
+            f"  {w['cluster']:<24} {w['user']:<12} {w['host']:<20} {w['slots']:>5} {w['busy']:>5}  {w['peer_id'][:12]}"
+        )
     print(f"Leases per user ({sum(u['leases'] for u in status['leases'])}):")
     for u in status["leases"]:
         print(f"  {u['cluster']:<24} {u['user']:<12} {u['leases']:>5} lease(s) {u['cpus']:>5} cpu(s)")

@@ -61,8 +61,10 @@ def cmd_demo(args: argparse.Namespace) -> int:
     total = args.tasks * args.samples
     serial = _serial_estimate(args.samples) * args.tasks
     print(f"pi ~ {4 * inside / total:.6f} from {total:,} points in {args.tasks} tasks")
-    print(f"{elapsed:.2f} s, {args.tasks / elapsed:,.0f} tasks/s; one core alone would take ~{serial:.2f} s "
-          f"(speed-up ~{serial / elapsed:.1f}x)")
+    print(
+        f"{elapsed:.2f} s, {args.tasks / elapsed:,.0f} tasks/s; one core alone would take ~{serial:.2f} s "
+        f"(speed-up ~{serial / elapsed:.1f}x)"
+    )
     p2prt.shutdown()
     return 0
 

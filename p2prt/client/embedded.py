@@ -62,8 +62,22 @@ class EmbeddedCluster:
         }
         env.pop("P2PRT_KEY_PASSPHRASE", None)
         cmd = [
-            sys.executable, "-m", "p2prt", "-q", "worker", "--cluster", self.cluster, "--board", self.address,
-            "--cpus", str(self.num_cpus), "--key", str(self.key_path), "--listen", "127.0.0.1", "--embedded",
+            sys.executable,
+            "-m",
+            "p2prt",
+            "-q",
+            "worker",
+            "--cluster",
+            self.cluster,
+            "--board",
+            self.address,
+            "--cpus",
+            str(self.num_cpus),
+            "--key",
+            str(self.key_path),
+            "--listen",
+            "127.0.0.1",
+            "--embedded",
         ]
         self.worker = await trio.lowlevel.open_process(cmd, env=env, stdin=subprocess.DEVNULL)
         nursery.start_soon(self._reap)

@@ -230,7 +230,9 @@ class ClientRuntime:
             task = Task(next(self._task_ids), object_id, fn_id, payload, name, options, None, [], (args, kwargs), deps)
         else:
             data, bufs = dumps((args, kwargs))
-            task = Task(next(self._task_ids), object_id, fn_id, payload, name, options, data, [bytes(b.raw()) for b in bufs])
+            task = Task(
+                next(self._task_ids), object_id, fn_id, payload, name, options, data, [bytes(b.raw()) for b in bufs]
+            )
         self._inbox.append(task)
         self._wake()
         return ObjectRef(object_id)
@@ -368,7 +370,8 @@ class ClientRuntime:
         for shape, queue in self._queues.items():
             if queue:
                 leases = [
-                    lease for lease in self._leases.values()
+                    lease
+                    for lease in self._leases.values()
                     if lease.shape == shape and lease.active and not lease.draining and lease.conn is not None
                 ]
                 # Each task goes to the least-loaded lease (a heap), so work spreads
@@ -409,7 +412,9 @@ class ClientRuntime:
         task.lease_id = lease.lease_id
         lease.inflight.add(task.task_id)
         conn.inflight[task.task_id] = task
-        return pm.TaskSpec(task.task_id, lease.lease_id, task.fn_id, task.args, task.buffers, task.name, task.options.timeout)
+        return pm.TaskSpec(
+            task.task_id, lease.lease_id, task.fn_id, task.args, task.buffers, task.name, task.options.timeout
+        )
 
     def _resolve_args(self, task: Task) -> tuple[bytes, list[bytes]]:
         assert task.raw is not None
@@ -439,9 +444,13 @@ class ClientRuntime:
             num_cpus, resources = shape
             self._nursery.start_soon(self._request_leases, self._board, shape, num_cpus, dict(resources), missing)
 
-    async def _request_leases(self, board: BoardClient, shape: Shape, num_cpus: int, resources: dict[str, float], count: int) -> None:
+    async def _request_leases(
+        self, board: BoardClient, shape: Shape, num_cpus: int, resources: dict[str, float], count: int
+    ) -> None:
         try:
-            await board.call(lambda rid: bm.LeaseRequest(rid, self.cluster, count, num_cpus, resources or None, self.python))
+            await board.call(
+                lambda rid: bm.LeaseRequest(rid, self.cluster, count, num_cpus, resources or None, self.python)
+            )
         except P2prtError as exc:
             err = exc
             self._requested[shape] = max(0, self._requested[shape] - count)
@@ -531,7 +540,9 @@ class ClientRuntime:
             last: P2prtError | None = None
             for addr in addrs:
                 try:
-                    stream = await open_secure_stream(addr.host, addr.port, self.identity, expected_peer_id=PeerId(peer))
+                    stream = await open_secure_stream(
+                        addr.host, addr.port, self.identity, expected_peer_id=PeerId(peer)
+                    )
                     break
                 except P2prtError as exc:
                     last = exc
@@ -635,7 +646,9 @@ class ClientRuntime:
             elif r.status == "timeout":
                 self._retry_or_fail(task, "timeout", r.message or f"task {task.name} timed out", worker=conn.label)
             else:
-                self._retry_or_fail(task, "crashed", r.message or "the worker process crashed", crash=True, worker=conn.label)
+                self._retry_or_fail(
+                    task, "crashed", r.message or "the worker process crashed", crash=True, worker=conn.label
+                )
         self._place()
 
     def _on_task_error(self, task: Task, r: pm.TaskResult, conn: WorkerConnection) -> None:

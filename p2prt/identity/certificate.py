@@ -124,9 +124,7 @@ class NodeCertificate:
                 f"certificate for {self.user!r} is not signed by the key it names ({self.fingerprint})"
             )
         if now >= self.expires:
-            raise CertificateExpiredError(
-                f"certificate for {self.user!r} expired {int(now - self.expires)} s ago"
-            )
+            raise CertificateExpiredError(f"certificate for {self.user!r} expired {int(now - self.expires)} s ago")
         if now + CLOCK_SKEW < self.issued:
             raise CertificateExpiredError(
                 f"certificate for {self.user!r} is not valid yet (issued {int(self.issued - now)} s in the future; check the clocks)"
@@ -137,7 +135,15 @@ class NodeCertificate:
             )
 
     def to_wire(self) -> list[Any]:
-        return [self.kind, self.user, self.ssh_public_key, self.node_static_key, self.issued, self.expires, self.signature]
+        return [
+            self.kind,
+            self.user,
+            self.ssh_public_key,
+            self.node_static_key,
+            self.issued,
+            self.expires,
+            self.signature,
+        ]
 
     @classmethod
     def from_wire(cls, obj: object) -> NodeCertificate:
@@ -146,7 +152,7 @@ class NodeCertificate:
         if (
             not isinstance(obj, list)
             or len(obj) != len(types)
-            or not all(isinstance(v, t) and not isinstance(v, bool) for v, t in zip(obj, types))
+            or not all(isinstance(v, t) and not isinstance(v, bool) for v, t in zip(obj, types, strict=False))
         ):
             raise CertificateError("malformed node certificate")
         cert = cls(*obj)

@@ -170,9 +170,7 @@ def load_private_key(
         key = _load(data, passphrase, p)
     except _NeedsPassphrase:
         if prompt is None:
-            raise KeyLoadError(
-                f"key {p} is passphrase-protected: set {PASSPHRASE_ENV} or run interactively"
-            ) from None
+            raise KeyLoadError(f"key {p} is passphrase-protected: set {PASSPHRASE_ENV} or run interactively") from None
         key = _load(data, prompt(f"Passphrase for {p}: ").encode(), p)
     return SshKey(key, comment=p.name)
 
@@ -210,9 +208,7 @@ def _load(data: bytes, passphrase: bytes | None, path: Path) -> _PrivateKey:
     return key
 
 
-def write_private_key(
-    path: str | os.PathLike[str], key: SshKey, *, passphrase: bytes | None = None
-) -> None:
+def write_private_key(path: str | os.PathLike[str], key: SshKey, *, passphrase: bytes | None = None) -> None:
     """Write ``key`` (mode 0600) and ``<path>.pub`` (mode 0644); never overwrite.
 
     Raises :class:`KeyExistsError` when either file exists.

@@ -46,8 +46,10 @@ def find_key_path(explicit: str | os.PathLike[str] | None = None) -> Path:
 
 def _prompt(message: str) -> str:
     if not sys.stdin or not sys.stdin.isatty():
-        raise KeyLoadError(f"{message.removeprefix('Passphrase for ').rstrip(': ')} is passphrase-protected "
-                           "and there is no terminal to ask on: set P2PRT_KEY_PASSPHRASE")
+        raise KeyLoadError(
+            f"{message.removeprefix('Passphrase for ').rstrip(': ')} is passphrase-protected "
+            "and there is no terminal to ask on: set P2PRT_KEY_PASSPHRASE"
+        )
     try:
         return getpass.getpass(message)
     except EOFError:

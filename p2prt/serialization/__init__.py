@@ -13,4 +13,12 @@ from .pickling import (
     ship_user_modules,
 )
 
-__all__ = ["SerializationError", "dumps", "is_user_module", "loads", "missing_package", "ship_by_value", "ship_user_modules"]
+__all__ = [
+    "SerializationError",
+    "dumps",
+    "is_user_module",
+    "loads",
+    "missing_package",
+    "ship_by_value",
+    "ship_user_modules",
+]

@@ -46,7 +46,7 @@ log = logging.getLogger(__name__)
 _RECEIVE_SIZE = 256 * 1024
 _SEND_BATCH = 256 * 1024
 
-Authorizer = Callable[[PeerInfo], str | None | Awaitable[str | None]]
+Authorizer = Callable[[PeerInfo], str | Awaitable[str | None] | None]
 """Decides on an authenticated peer: ``None`` accepts, a string is the reason to refuse."""
 
 

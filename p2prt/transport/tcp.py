@@ -54,9 +54,7 @@ async def open_secure_stream(
     raise ConnectError(f"cannot connect to {host}:{port}: no handshake within {timeout:g} s")
 
 
-async def open_secure_channel(
-    host: str, port: int, identity: NodeIdentity, **kwargs: Any
-) -> MessageChannel:
+async def open_secure_channel(host: str, port: int, identity: NodeIdentity, **kwargs: Any) -> MessageChannel:
     """:func:`open_secure_stream` wrapped in a :class:`MessageChannel`."""
     max_frame_size = kwargs.pop("max_frame_size", None)
     stream = await open_secure_stream(host, port, identity, **kwargs)

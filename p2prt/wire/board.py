@@ -17,10 +17,27 @@ from ..identity.keys import SshKey, SshPublicKey
 from .messages import Message, Record, message, record
 
 __all__ = [
-    "Welcome", "Ok", "Register", "Heartbeat", "ClusterCreate", "ClusterDelete", "ClusterAdd",
-    "ClusterRemove", "ClusterList", "ClusterMembers", "WorkerRegister", "LeaseRequest",
-    "LeaseCancel", "LeaseReturn", "StatusRequest", "LeaseTicket", "LeaseGranted",
-    "LeaseReclaim", "LeaseRevoked", "LeaseUnsatisfiable", "Address",
+    "Welcome",
+    "Ok",
+    "Register",
+    "Heartbeat",
+    "ClusterCreate",
+    "ClusterDelete",
+    "ClusterAdd",
+    "ClusterRemove",
+    "ClusterList",
+    "ClusterMembers",
+    "WorkerRegister",
+    "LeaseRequest",
+    "LeaseCancel",
+    "LeaseReturn",
+    "StatusRequest",
+    "LeaseTicket",
+    "LeaseGranted",
+    "LeaseReclaim",
+    "LeaseRevoked",
+    "LeaseUnsatisfiable",
+    "Address",
 ]
 
 _TICKET_DOMAIN = b"p2prt lease ticket v1\x00"

@@ -59,14 +59,14 @@ class Record:
 
     def __post_init__(self) -> None:
         name = type(self).__name__
-        for fname, check in zip(self._fields, self._checks):
+        for fname, check in zip(self._fields, self._checks, strict=False):
             value = getattr(self, fname)
             converted = check(value, f"{name}.{fname}")
             if converted is not value:
                 object.__setattr__(self, fname, converted)
 
     def to_wire(self) -> list[Any]:
-        return [_to_wire(getattr(self, f)) if n else getattr(self, f) for f, n in zip(self._fields, self._nested)]
+        return [_to_wire(getattr(self, f)) if n else getattr(self, f) for f, n in zip(self._fields, self._nested, strict=False)]
 
     @classmethod
     def from_wire(cls, items: Any, path: str | None = None) -> Any:
@@ -74,9 +74,7 @@ class Record:
         if not isinstance(items, list):
             raise InvalidMessageError(f"{where}: expected an array, got {_tname(items)}")
         if not cls._required <= len(items) <= len(cls._fields):
-            raise InvalidMessageError(
-                f"{where}: expected {cls._required}..{len(cls._fields)} fields, got {len(items)}"
-            )
+            raise InvalidMessageError(f"{where}: expected {cls._required}..{len(cls._fields)} fields, got {len(items)}")
         return cls(*items)
 
 
@@ -181,7 +179,7 @@ def _compile(tp: Any) -> tuple[_Check, bool]:
             if not isinstance(value, list):
                 raise InvalidMessageError(f"{path}: expected array, got {_tname(value)}")
             out = [item(v, f"{path}[{i}]") for i, v in enumerate(value)]
-            return value if all(a is b for a, b in zip(out, value)) else out
+            return value if all(a is b for a, b in zip(out, value, strict=False)) else out
 
         return check_list, nested
     if origin is dict and len(args) == 2 and args[0] is str:

@@ -15,9 +15,21 @@ from .board import LeaseTicket
 from .messages import Message, Record, message, record
 
 __all__ = [
-    "Attach", "Attached", "Detach", "DefineFunction", "TaskSpec", "SubmitTasks", "CancelTask",
-    "TaskResult", "TaskResults", "TaskOutput", "NestedSubmit", "NestedSubmitted", "NestedGet",
-    "NestedValues", "ObjectValue",
+    "Attach",
+    "Attached",
+    "Detach",
+    "DefineFunction",
+    "TaskSpec",
+    "SubmitTasks",
+    "CancelTask",
+    "TaskResult",
+    "TaskResults",
+    "TaskOutput",
+    "NestedSubmit",
+    "NestedSubmitted",
+    "NestedGet",
+    "NestedValues",
+    "ObjectValue",
 ]
 
 

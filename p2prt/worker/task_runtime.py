@@ -45,7 +45,7 @@ class TaskRuntime:
         refs = list(refs)
         replies = self._request("get", ([r.id for r in refs], timeout))
         out = []
-        for _oid, status, data, buffers, message in replies:
+        for _oid, status, data, buffers, _message in replies:
             if status == "ok":
                 out.append(loads(data, buffers))
             elif status == "timeout":

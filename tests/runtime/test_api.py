@@ -28,7 +28,6 @@ import p2prt
 from p2prt.errors import (
     ConfigError,
     GetTimeoutError,
-    MissingPackageError,
     RuntimeUsageError,
     TaskCancelledError,
     TaskError,

@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import time
-from functools import partial
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
+from functools import partial
 
 import pytest
 import trio
