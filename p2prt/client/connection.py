@@ -17,7 +17,7 @@ from typing import Any
 import trio
 
 from ..errors import P2prtError
-from ..transport import MessageChannel
+from ..transport import MessageChannel, Outbox
 from ..wire.board import LeaseTicket
 from ..wire.control import ErrorReply
 from ..wire.messages import Message
@@ -55,8 +55,7 @@ class WorkerConnection:
         self.inflight: dict[int, Any] = {}
         self.closed = False
         self._on_message = on_message
-        self._outbox: list[Message] = []
-        self._has_data = trio.Event()
+        self._outbox = Outbox(channel)
         self._rids = itertools.count(1)
         self._replies: dict[int, tuple[trio.Event, list[Message]]] = {}
 
@@ -65,8 +64,7 @@ class WorkerConnection:
         return f"{self.name}@{self.host}" if self.host else self.name
 
     def enqueue(self, msg: Message) -> None:
-        self._outbox.append(msg)
-        self._has_data.set()
+        self._outbox.put(msg)
 
     async def attach(self, ticket: LeaseTicket) -> Attached:
         rid = next(self._rids)
@@ -88,12 +86,7 @@ class WorkerConnection:
         return reply
 
     async def writer(self) -> None:
-        while True:
-            await self._has_data.wait()
-            self._has_data = trio.Event()
-            batch, self._outbox = self._outbox, []
-            if batch:
-                await self.channel.send_many(batch)
+        await self._outbox.run()
 
     async def reader(self) -> None:
         async for msg in self.channel:

@@ -20,7 +20,7 @@ from ..wire.messages import Message, decode_message, encode_message
 from ._errors import map_exceptions
 from .noise_stream import NoiseStream
 
-__all__ = ["MessageChannel"]
+__all__ = ["MessageChannel", "Outbox"]
 
 
 class MessageChannel:
@@ -85,3 +85,26 @@ class MessageChannel:
 
     async def __aexit__(self, *exc: object) -> None:
         await self.aclose()
+
+
+class Outbox:
+    """Messages queued synchronously (:meth:`put`, callable from any code in the trio
+    thread) and written by one task (:meth:`run`): whatever accumulated while the
+    previous write was in flight goes out in one ``send_all``."""
+
+    def __init__(self, channel: MessageChannel) -> None:
+        self.channel = channel
+        self._items: list[Message] = []
+        self._has_data = trio.Event()
+
+    def put(self, msg: Message) -> None:
+        self._items.append(msg)
+        self._has_data.set()
+
+    async def run(self) -> None:
+        while True:
+            await self._has_data.wait()
+            self._has_data = trio.Event()
+            batch, self._items = self._items, []
+            if batch:
+                await self.channel.send_many(batch)

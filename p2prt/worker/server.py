@@ -35,7 +35,7 @@ from ..errors import P2prtError
 from ..identity.certificate import NodeIdentity
 from ..identity.keys import SshPublicKey
 from ..identity.known_boards import KnownBoards
-from ..transport import MessageChannel, NoiseStream, serve_secure
+from ..transport import MessageChannel, NoiseStream, Outbox, serve_secure
 from ..wire import board as bm
 from ..wire import peer as pm
 from ..wire.control import ErrorReply
@@ -76,14 +76,15 @@ class _ClientConn:
     held: dict[str, collections.deque[ExecTask]] = field(default_factory=dict)
     running: dict[str, int] = field(default_factory=dict)
     tasks: dict[int, tuple[int, str]] = field(default_factory=dict)  # pool id -> (client id, lease)
-    outbox: list[Message] = field(default_factory=list)
-    has_data: trio.Event = field(default_factory=trio.Event)
     rids: Any = field(default_factory=lambda: itertools.count(1))
     replies: dict[int, tuple[trio.Event, list[Message]]] = field(default_factory=dict)
+    outbox: Outbox = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.outbox = Outbox(self.channel)
 
     def enqueue(self, msg: Message) -> None:
-        self.outbox.append(msg)
-        self.has_data.set()
+        self.outbox.put(msg)
 
     async def request(self, make: Callable[[int], Message]) -> Message:
         rid = next(self.rids)
@@ -230,7 +231,7 @@ class WorkerServer:
         self._clients[peer] = conn
         try:
             async with trio.open_nursery() as nursery:
-                nursery.start_soon(self._writer, conn)
+                nursery.start_soon(conn.outbox.run)
                 async for msg in conn.channel:
                     self._on_client_message(conn, stream, msg)
                 nursery.cancel_scope.cancel()
@@ -244,13 +245,6 @@ class WorkerServer:
                 done.set()
             del old
 
-    async def _writer(self, conn: _ClientConn) -> None:
-        while True:
-            await conn.has_data.wait()
-            conn.has_data = trio.Event()
-            batch, conn.outbox = conn.outbox, []
-            if batch:
-                await conn.channel.send_many(batch)
 
     def _on_client_message(self, conn: _ClientConn, stream: NoiseStream, msg: Message) -> None:
         if isinstance(msg, (pm.SubmitTasks, pm.DefineFunction)) and not conn.leases:
