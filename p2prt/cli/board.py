@@ -7,14 +7,16 @@ import signal
 import sys
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import trio
-
-from ..board.client import DEFAULT_BOARD_PORT
-from ..board.config import REGISTRATION_POLICIES, BoardConfig
-from ..board.store import Store
 from ..errors import ConfigError, KeyLoadError
-from ..identity.keys import SshPublicKey
+
+if TYPE_CHECKING:
+    from ..identity.keys import SshPublicKey
+
+# Kept in step with p2prt.board (imported lazily: parsing arguments must stay cheap).
+DEFAULT_BOARD_PORT = 7790
+REGISTRATION_POLICIES = ("closed", "open")
 
 _EXAMPLES = """Examples:
   p2prt board --data ~/p2prt-board --host 0.0.0.0 --port 7790
@@ -75,6 +77,8 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
 
 
 def _read_keys(values: list[str]) -> list[SshPublicKey]:
+    from ..identity.keys import SshPublicKey
+
     keys: list[SshPublicKey] = []
     for value in values:
         path = Path(value).expanduser()
@@ -89,6 +93,8 @@ def _read_keys(values: list[str]) -> list[SshPublicKey]:
 
 
 def cmd_add_user(args: argparse.Namespace) -> int:
+    from ..board.store import Store
+
     keys = _read_keys(args.key)
     with Store.open(args.data) as store:
         if store.user_exists(args.name):
@@ -103,6 +109,8 @@ def cmd_add_user(args: argparse.Namespace) -> int:
 
 
 def cmd_remove_user(args: argparse.Namespace) -> int:
+    from ..board.store import Store
+
     with Store.open(args.data) as store:
         store.remove_user(args.name)
     print(f"removed user {args.name} (a running board ends their sessions and leases now)")
@@ -110,6 +118,8 @@ def cmd_remove_user(args: argparse.Namespace) -> int:
 
 
 def cmd_list_users(args: argparse.Namespace) -> int:
+    from ..board.store import Store
+
     with Store.open(args.data) as store:
         users = store.list_users()
     if not users:
@@ -122,6 +132,9 @@ def cmd_list_users(args: argparse.Namespace) -> int:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
+    import trio
+
+    from ..board.config import BoardConfig
     from ..board.scheduler import SchedulerConfig
     from ..board.server import BoardServer
 

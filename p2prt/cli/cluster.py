@@ -5,15 +5,13 @@ from __future__ import annotations
 import argparse
 import json
 from collections.abc import Awaitable, Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import trio
-
-from ..board.client import BoardClient, open_board_client, resolve_board_address
 from ..config import config_file, load_user_config
-from ..identity import NodeIdentity, default_user_name, load_user_key
-from ..wire import board as m
-from ..wire.messages import Message
+
+if TYPE_CHECKING:
+    from ..board.client import BoardClient
+    from ..wire.messages import Message
 
 
 def _common(p: argparse.ArgumentParser) -> None:
@@ -80,6 +78,11 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
 
 
 def _run(args: argparse.Namespace, fn: Callable[[BoardClient], Awaitable[Any]], user: str | None = None) -> Any:
+    import trio
+
+    from ..board.client import open_board_client, resolve_board_address
+    from ..identity import NodeIdentity, default_user_name, load_user_key
+
     address = resolve_board_address(args.board)
     key = load_user_key(args.key)
     identity = NodeIdentity.create(key, user or args.user or default_user_name())
@@ -92,6 +95,8 @@ def _run(args: argparse.Namespace, fn: Callable[[BoardClient], Awaitable[Any]], 
 
 
 def cmd_register(args: argparse.Namespace) -> int:
+    from ..wire import board as m
+
     name = _run(args, lambda b: b.call(lambda rid: m.Register(rid, args.name)), user=args.name)
     print(f"registered {name}")
     cfg = load_user_config()
@@ -105,6 +110,8 @@ def cmd_register(args: argparse.Namespace) -> int:
 
 
 def cmd_cluster(args: argparse.Namespace) -> int:
+    from ..wire import board as m
+
     action = args.action
     makers: dict[str, Callable[[int], Message]] = {
         "create": lambda rid: m.ClusterCreate(rid, args.name),
@@ -133,6 +140,8 @@ def cmd_cluster(args: argparse.Namespace) -> int:
 
 
 def cmd_status(args: argparse.Namespace) -> int:
+    from ..wire import board as m
+
     status = _run(args, lambda b: b.call(lambda rid: m.StatusRequest(rid, args.cluster)))
     if args.json:
         print(json.dumps(status, indent=2, sort_keys=True))

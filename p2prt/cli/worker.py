@@ -8,8 +8,6 @@ import re
 import signal
 import sys
 
-import trio
-
 from ..errors import ConfigError
 
 _EXAMPLES = """Examples:
@@ -68,6 +66,8 @@ def parse_size(text: str) -> int:
 
 
 def cmd_worker(args: argparse.Namespace) -> int:
+    import trio
+
     from ..board.client import resolve_board_address
     from ..identity import NodeIdentity, default_user_name, load_user_key
     from ..worker.server import WorkerConfig, WorkerServer

@@ -143,7 +143,9 @@ class WorkerServer:
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         async with trio.open_nursery() as nursery:
-            await nursery.start(self.pool.run)
+            # Executors start while we listen and register: tasks that arrive first wait
+            # in the pool's queue (a start-up failure still ends the worker).
+            nursery.start_soon(self.pool.run)
             listeners = await nursery.start(
                 lambda task_status: serve_secure(
                     self._serve_client,
