@@ -31,6 +31,8 @@ __all__ = [
 FRAME_HEADER = struct.Struct(">I")
 NOISE_HEADER = struct.Struct(">H")
 DEFAULT_MAX_FRAME_SIZE = 256 * 1024 * 1024
+LARGE_FRAME = 1 << 20
+"""Frames above this size are received into a preallocated buffer."""
 """Default ceiling for one message frame (256 MiB); boards use far less."""
 
 
@@ -66,14 +68,27 @@ class FrameDecoder:
         self._buf = bytearray()
         self._pos = 0
         self._need: int | None = None  # body length of the frame being read, once known
+        # A large body is received straight into a buffer of its final size (one copy
+        # in, one out) instead of growing the general buffer and slicing it.
+        self._body: bytearray | None = None
+        self._filled = 0
 
     @property
     def buffered(self) -> int:
         """Bytes received but not yet returned as a frame."""
-        return len(self._buf) - self._pos
+        return len(self._buf) - self._pos + self._filled
 
     def feed(self, data: bytes | bytearray | memoryview) -> None:
         """Append received bytes."""
+        if self._body is not None:
+            room = len(self._body) - self._filled
+            view = memoryview(data)
+            take = min(room, len(view))
+            self._body[self._filled : self._filled + take] = view[:take]
+            self._filled += take
+            data = view[take:]
+            if not data:
+                return
         if self._pos and self._pos == len(self._buf):
             self._buf.clear()
             self._pos = 0
@@ -84,6 +99,14 @@ class FrameDecoder:
 
         Raises :class:`FrameTooLargeError` as soon as a header exceeds the limit.
         """
+        if self._body is not None:
+            if self._filled < len(self._body):
+                return None
+            out = bytes(self._body)
+            self._body = None
+            self._filled = 0
+            self._need = None
+            return out
         hsize = self._header.size
         if self._need is None:
             if len(self._buf) - self._pos < hsize:
@@ -95,6 +118,15 @@ class FrameDecoder:
                     f"frame of {self._need} bytes exceeds the limit of {self.max_frame_size} bytes"
                 )
             self._pos += hsize
+            if self._need > LARGE_FRAME:
+                have = memoryview(self._buf)[self._pos : self._pos + self._need]
+                self._body = bytearray(self._need)
+                self._body[: len(have)] = have
+                self._filled = len(have)
+                self._pos += len(have)
+                del have
+                self._compact()
+                return self.next_frame()
         need = self._need
         if len(self._buf) - self._pos < need:
             self._compact()
@@ -113,7 +145,7 @@ class FrameDecoder:
 
     def take_remaining(self) -> bytes:
         """Hand back the undecoded bytes (e.g. after a handshake) and reset."""
-        if self._need is not None:
+        if self._need is not None or self._body is not None:
             raise RuntimeError("a frame is half read")
         rest = bytes(self._buf[self._pos :])
         self._buf.clear()

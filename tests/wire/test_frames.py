@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+import os
 import struct
 
 import pytest
@@ -302,3 +303,23 @@ def test_chunking_does_not_change_the_outcome(header: struct.Struct, data: bytes
     if whole[1] is not FrameTooLargeError:
         # Up to an oversize header both see the same frames; past it, neither goes on.
         assert pieces[0] == whole[0]
+
+
+@settings(max_examples=30, deadline=None)
+@given(st.lists(st.integers(min_value=1, max_value=200_000), min_size=1, max_size=40))
+def test_large_frames_arrive_intact_in_any_chunks(cuts: list[int]) -> None:
+    from p2prt.wire.frames import LARGE_FRAME
+
+    bodies = [os.urandom(LARGE_FRAME + 17), b"small", b"", os.urandom(LARGE_FRAME * 2)]
+    stream = encode_frames(bodies)
+    decoder = FrameDecoder(max_frame_size=LARGE_FRAME * 3)
+    out: list[bytes] = []
+    pos = 0
+    for cut in [*cuts, len(stream)]:
+        decoder.feed(stream[pos : pos + cut])
+        pos += cut
+        out.extend(decoder.frames())
+        if pos >= len(stream):
+            break
+    assert out == bodies
+    decoder.check_eof()
