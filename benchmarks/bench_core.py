@@ -506,11 +506,12 @@ class LoadMonitor:
 
 
 class SharedLayout:
-    """A board process and two 1-slot worker processes on loopback, a throwaway user."""
+    """A board process and ``workers`` 1-slot worker processes on loopback, a throwaway user."""
 
     USER = "bench"
 
-    def __init__(self, log):
+    def __init__(self, log, workers=2):
+        self.n_workers = workers
         import tempfile
 
         self.log = log
@@ -610,10 +611,10 @@ class SharedLayout:
                 "--listen",
                 "127.0.0.1",
             )
-            for _ in range(2)
+            for _ in range(self.n_workers)
         ]
         for worker in workers:
-            self._wait_line(worker, "offering", 30)
+            self._wait_line(worker, "offering", 60)
 
     @property
     def cluster(self):
