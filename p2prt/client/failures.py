@@ -9,7 +9,10 @@ user and host. When the original type cannot be subclassed (or unpickled here), 
 
 from __future__ import annotations
 
+import linecache
 import pickle
+import re
+import types
 from typing import Any
 
 from ..errors import MissingPackageError, TaskError
@@ -54,7 +57,41 @@ def dual_error(cause: BaseException | None, cause_type: type | None, message: st
     return exc
 
 
-def task_error_from_info(info: Any, *, name: str, worker: str) -> TaskError:
+_DYNAMIC = re.compile(r'^(\s*)File "<dynamic-code>", line (\d+), in (\S+)$')
+
+
+def restore_sources(traceback: str, fn: Any) -> str:
+    """Name the driver's files in a remote traceback.
+
+    Functions shipped by value run on the worker with ``File "<dynamic-code>"`` and no
+    source line; the driver has both. A frame's function is looked up by name among the
+    submitted function and its module's globals; unknown frames are left as they are.
+    """
+    if fn is None or "<dynamic-code>" not in traceback:
+        return traceback
+    files: dict[str, str] = {}
+    code = getattr(fn, "__code__", None)
+    if code is not None:
+        files[code.co_name] = code.co_filename
+    for value in getattr(fn, "__globals__", {}).values():
+        if isinstance(value, types.FunctionType):
+            files.setdefault(value.__code__.co_name, value.__code__.co_filename)
+    out: list[str] = []
+    for line in traceback.splitlines():
+        match = _DYNAMIC.match(line)
+        filename = files.get(match.group(3)) if match else None
+        if match is None or filename is None:
+            out.append(line)
+            continue
+        indent, lineno = match.group(1), int(match.group(2))
+        out.append(f'{indent}File "{filename}", line {lineno}, in {match.group(3)}')
+        source = linecache.getline(filename, lineno).strip()
+        if source:
+            out.append(f"{indent}  {source}")
+    return "\n".join(out) + ("\n" if traceback.endswith("\n") else "")
+
+
+def task_error_from_info(info: Any, *, name: str, worker: str, fn: Any = None) -> TaskError:
     """Build the exception for a task that raised, from the executor's error info."""
     if getattr(info, "missing_package", None):
         return MissingPackageError(
@@ -71,5 +108,8 @@ def task_error_from_info(info: Any, *, name: str, worker: str) -> TaskError:
         except Exception:
             cause = None
     header = f"task {name} failed on {worker}: {info.type_qualname}: {info.message}"
-    message = f"{header}\n\nRemote traceback (most recent call last):\n{info.traceback.rstrip()}"
+    remote = restore_sources(info.traceback, fn).rstrip()
+    if not remote.startswith("Traceback"):
+        remote = f"Traceback (most recent call last):\n{remote}"
+    message = f"{header}\n\nRemote {remote[0].lower()}{remote[1:]}"
     return dual_error(cause, cause_type, message, worker)

@@ -215,6 +215,12 @@ class ClientRuntime:
         self._fn_cache[id(fn)] = (fn, fn_id, payload)
         return fn_id, payload
 
+    def _function_by_id(self, fn_id: bytes) -> Any:
+        for fn, cached_id, _ in list(self._fn_cache.values()):
+            if cached_id == fn_id:
+                return fn
+        return None
+
     def submit(self, fn: Any, args: tuple[Any, ...], kwargs: dict[str, Any], options: TaskOptions) -> ObjectRef:
         """Queue ``fn(*args, **kwargs)``; returns its ref at once."""
         if self._closed:
@@ -657,6 +663,7 @@ class ClientRuntime:
             self._requeue(task)
             return
         worker, name, data = conn.label, task.name, r.data
+        fn = self._function_by_id(task.fn_id)
 
         def make() -> BaseException:
             # Unpickled by the thread that calls get, never by the runtime thread.
@@ -664,7 +671,7 @@ class ClientRuntime:
                 info = pickle.loads(data)
             except Exception as exc:
                 return P2prtError(f"task {name} failed on {worker} and its error could not be read: {exc}")
-            return task_error_from_info(info, name=name, worker=worker)
+            return task_error_from_info(info, name=name, worker=worker, fn=fn)
 
         self._finish(task, Failed(make))
 

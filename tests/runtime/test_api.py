@@ -471,12 +471,6 @@ def test_except_value_error_catches_a_task_value_error(cluster: p2prt.ClusterInf
     assert error.worker == WHERE and error.cause_type == "ValueError"
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="bug: p2prt/client/failures.py task_error_from_info passes on the executor's traceback as "
-    "text, where a by-value function's frames read 'File \"<dynamic-code>\"' with no source line "
-    "(cloudpickle 3 drops co_filename); the driver, which has the source, does not restore it",
-)
 def test_remote_traceback_shows_the_source_of_the_raise_line(cluster: p2prt.ClusterInfo) -> None:
     with pytest.raises(ValueError) as info:
         p2prt.get(boom.remote("input"))
