@@ -66,7 +66,7 @@ def wait_for_file(path: Path, timeout: float = 20.0) -> None:
     while not path.exists():
         if time.monotonic() > deadline:
             raise AssertionError(f"{path} did not appear within {timeout} s")
-        time.sleep(0.01)
+        time.sleep(0.01)  # sleep-ok: poll interval of a bounded wait for the event
 
 
 def wait_until(predicate: Callable[[], bool], timeout: float, what: str) -> None:
@@ -75,7 +75,7 @@ def wait_until(predicate: Callable[[], bool], timeout: float, what: str) -> None
     while not predicate():
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out after {timeout} s waiting for {what}")
-        time.sleep(0.01)
+        time.sleep(0.01)  # sleep-ok: poll interval of a bounded wait for the event
 
 
 def pid_alive(pid: int) -> bool:

@@ -123,7 +123,7 @@ except ValueError as exc:
 
 @p2prt.remote
 def square(x):
-    time.sleep(0.002)
+    time.sleep(0.002)  # sleep-ok: the task's own simulated work
     return x * x, os.getppid()
 
 results = p2prt.get([square.remote(i) for i in range(1000)], timeout=90)
@@ -176,7 +176,7 @@ def hold(gate: str, folder: str, i: int) -> tuple[int, int]:
 
     Path(folder, f"{os.getppid()}-{os.getpid()}-{i}").touch()
     while not os.path.exists(gate):
-        time.sleep(0.005)
+        time.sleep(0.005)  # sleep-ok: poll interval of a bounded wait for the event
     return i, os.getppid()
 
 

@@ -146,12 +146,12 @@ def exit_now(code: int) -> None:
 
 def pid_then_sleep(seconds: float) -> int:
     print(os.getpid(), flush=True)
-    time.sleep(seconds)
+    time.sleep(seconds)  # sleep-ok: the task's own simulated work
     return os.getpid()
 
 
 def nap(seconds: float, v: Any) -> Any:
-    time.sleep(seconds)
+    time.sleep(seconds)  # sleep-ok: the task's own simulated work
     return v
 
 
@@ -159,7 +159,7 @@ def stubborn() -> None:
     print(os.getpid(), flush=True)
     while True:
         try:
-            time.sleep(10)
+            time.sleep(10)  # sleep-ok: the task's own simulated work
         except KeyboardInterrupt:
             pass
 
@@ -167,7 +167,7 @@ def stubborn() -> None:
 def deaf() -> None:
     signal.pthread_sigmask(signal.SIG_BLOCK, [signal.SIGINT])
     print(os.getpid(), flush=True)
-    time.sleep(60)
+    time.sleep(60)  # sleep-ok: the task's own simulated work
 
 
 def chatty(n: int) -> int:
