@@ -165,8 +165,6 @@ class WorkerServer:
                 pin=self._pin,
             )
             await nursery.start(link.run)
-            if self._on_ready is not None:
-                self._on_ready(self.members)
             task_status.started()
 
     # -- board
@@ -187,12 +185,17 @@ class WorkerServer:
         self._board = client
         self.board_key = client.board_key
         resources = {k: float(v) for k, v in self.config.resources.items()}
+        # Say who may run code here *before* offering slots (on each (re)connection the
+        # list is fetched again; it is printed once).
+        self.members = list(await client.call(lambda rid: bm.ClusterMembers(rid, self.config.cluster)))
+        if self._on_ready is not None:
+            self._on_ready(self.members)
+            self._on_ready = None
         await client.call(
             lambda rid: bm.WorkerRegister(
                 rid, self.config.cluster, self.config.slots, resources, self.python, self.host, self._announce(client)
             )
         )
-        self.members = list(await client.call(lambda rid: bm.ClusterMembers(rid, self.config.cluster)))
 
     async def _on_board_push(self, msg: Message) -> None:
         if isinstance(msg, bm.LeaseRevoked):
