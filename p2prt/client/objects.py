@@ -8,13 +8,14 @@ results. A value is deserialised once and cached.
 
 from __future__ import annotations
 
+import collections
 import concurrent.futures
 import itertools
 import os
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, ClassVar
 
 from ..serialization import loads
 
@@ -54,8 +55,20 @@ class ObjectRef:
 
     __slots__ = ("__weakref__", "id")
 
+    _tracker: ClassVar[ObjectStore | None] = None
+    """The owning store in a driver process: it counts live refs to free values."""
+
     def __init__(self, object_id: bytes) -> None:
         self.id = object_id
+        tracker = ObjectRef._tracker
+        if tracker is not None:
+            tracker.hold(object_id)
+
+    def __del__(self) -> None:
+        tracker = ObjectRef._tracker
+        object_id = getattr(self, "id", None)
+        if tracker is not None and object_id is not None:
+            tracker.release(object_id)
 
     def hex(self) -> str:
         return self.id.hex()
@@ -70,6 +83,9 @@ class ObjectRef:
         return hash(self.id)
 
     def __reduce__(self) -> tuple[Any, ...]:
+        tracker = ObjectRef._tracker
+        if tracker is not None:
+            tracker.escape(self.id)  # a copy lives elsewhere now: never free this value
         return (ObjectRef, (self.id,))
 
     def __await__(self) -> Any:
@@ -79,20 +95,69 @@ class ObjectRef:
 
 
 class _Entry:
-    __slots__ = ("future", "has_value", "value")
+    __slots__ = ("future", "has_value", "orphan", "value")
 
     def __init__(self) -> None:
         self.future: concurrent.futures.Future[Stored | Failed] = concurrent.futures.Future()
         self.value: Any = None
         self.has_value = False
+        self.orphan = False  # no ref left: drop as soon as it resolves
 
 
 class ObjectStore:
-    """Thread-safe map from object id to its future value."""
+    """Thread-safe map from object id to its future value.
+
+    Values are freed when the last :class:`ObjectRef` to them in this process is
+    garbage-collected — unless the id *escaped* (was pickled into a task's arguments, or
+    handed to a running task), since a copy of the ref may then live on another machine;
+    those stay until shutdown (no distributed reference counting yet).
+    """
 
     def __init__(self) -> None:
         self._entries: dict[bytes, _Entry] = {}
         self._lock = threading.Lock()
+        self._holds: dict[bytes, int] = {}
+        self._escaped: set[bytes] = set()
+        self._released: collections.deque[bytes] = collections.deque()
+
+    def hold(self, object_id: bytes) -> None:
+        with self._lock:
+            self._holds[object_id] = self._holds.get(object_id, 0) + 1
+            if self._released:
+                self._apply_releases()
+
+    def escape(self, object_id: bytes) -> None:
+        with self._lock:
+            self._escaped.add(object_id)
+
+    def release(self, object_id: bytes) -> None:
+        """Called from ``ObjectRef.__del__``, i.e. by the garbage collector at any point,
+        even inside this store's own locked sections: so it takes no lock and only queues
+        the id (``deque.append`` is atomic); :meth:`_apply_releases` does the rest."""
+        self._released.append(object_id)
+
+    def _apply_releases(self) -> None:
+        """Apply queued releases; the caller holds ``self._lock``."""
+        released = self._released
+        while released:
+            try:
+                object_id = released.popleft()
+            except IndexError:
+                return
+            left = self._holds.get(object_id, 0) - 1
+            if left > 0:
+                self._holds[object_id] = left
+                continue
+            self._holds.pop(object_id, None)
+            if object_id in self._escaped:
+                continue
+            entry = self._entries.get(object_id)
+            if entry is None:
+                continue
+            if entry.future.done():
+                del self._entries[object_id]
+            else:
+                entry.orphan = True
 
     def create(self, object_id: bytes) -> None:
         with self._lock:
@@ -106,13 +171,21 @@ class ObjectStore:
         return entry
 
     def resolve(self, object_id: bytes, result: Stored | Failed) -> None:
-        """Set the outcome (first one wins; a late duplicate is ignored)."""
-        fut = self._entry(object_id).future
-        if not fut.done():
+        """Set the outcome (first one wins; a late duplicate is ignored). An object whose
+        refs are all gone is dropped instead."""
+        entry = self._entries.get(object_id)
+        if entry is None:
+            return  # freed: nobody can ask for it any more
+        if not entry.future.done():
             try:
-                fut.set_result(result)
+                entry.future.set_result(result)
             except concurrent.futures.InvalidStateError:
                 pass
+        if entry.orphan or self._released:
+            with self._lock:
+                self._apply_releases()
+                if entry.orphan and not self._holds.get(object_id) and object_id not in self._escaped:
+                    self._entries.pop(object_id, None)
 
     def put_value(self, object_id: bytes, value: Any, stored: Stored) -> None:
         entry = self._entry(object_id)
@@ -148,4 +221,6 @@ class ObjectStore:
             self._entries.pop(object_id, None)
 
     def __len__(self) -> int:
-        return len(self._entries)
+        with self._lock:
+            self._apply_releases()
+            return len(self._entries)

@@ -138,6 +138,7 @@ class ClientRuntime:
 
     def start(self, timeout: float = 30.0) -> None:
         """Start the runtime thread; returns once the board session is up."""
+        ObjectRef._tracker = self.store  # refs made in this process count towards freeing
         self._thread = threading.Thread(target=self._thread_main, name="p2prt-runtime", daemon=True)
         self._thread.start()
         if not self._ready.wait(timeout):
@@ -200,6 +201,8 @@ class ClientRuntime:
             self._thread.join(timeout=10)
         for task in list(self._tasks.values()):
             self.store.resolve(task.object_id, Failed(lambda: TaskCancelledError("the runtime was shut down")))
+        if ObjectRef._tracker is self.store:
+            ObjectRef._tracker = None
 
     # ------------------------------------------------------------------ any thread
 
@@ -730,7 +733,9 @@ class ClientRuntime:
         ids = []
         for call in msg.calls:
             args, kwargs = pickle.loads(call)
-            ids.append(self.submit(fn, args, kwargs, options).id)
+            ref = self.submit(fn, args, kwargs, options)
+            self.store.escape(ref.id)  # the running task holds it: keep the value
+            ids.append(ref.id)
         conn.enqueue(pm.NestedSubmitted(msg.rid, ids))
         self._pump()
 

@@ -929,3 +929,27 @@ def test_a_package_missing_on_the_worker_is_named_with_the_worker(tmp_path: Path
     assert res.returncode == 0, res.stderr
     assert res.stdout.startswith(f"MISSING True {WHERE} |"), res.stdout + res.stderr
     assert "'thirdparty_p2prt_test' is not installed there" in res.stdout
+
+
+def test_values_are_freed_when_their_refs_are_gone(cluster: p2prt.ClusterInfo) -> None:
+    import gc
+
+    from p2prt._api import current_runtime
+
+    store = current_runtime().store  # type: ignore[attr-defined]
+    gc.collect()
+    before = len(store)
+    refs = [double.remote(i) for i in range(500)]
+    kept = refs[7]
+    assert sum(p2prt.get(refs, timeout=60)) == 2 * sum(range(500))
+    del refs
+    gc.collect()
+    assert len(store) <= before + 1  # only `kept` is left
+    assert p2prt.get(kept) == 14
+    # A ref that escaped into another task's arguments (inside a list) is kept.
+    inner = double.remote(5)
+    outer = identity.remote([inner])
+    (got,) = p2prt.get(outer, timeout=30)
+    del inner
+    gc.collect()
+    assert p2prt.get(got, timeout=30) == 10
