@@ -9,7 +9,6 @@ p2prt error class the board named (e.g. :class:`~p2prt.errors.NotMemberError`).
 
 from __future__ import annotations
 
-import itertools
 import logging
 import math
 import os
@@ -27,6 +26,7 @@ from ..identity.keys import SshPublicKey
 from ..identity.known_boards import KnownBoards
 from ..transport import MessageChannel, open_secure_stream
 from ..transport._errors import unwrap_single_group
+from ..transport.replies import Replies
 from ..wire.board import Heartbeat, Ok, Welcome
 from ..wire.control import ErrorReply
 from ..wire.messages import Message
@@ -84,11 +84,9 @@ class BoardClient:
         self.channel = channel
         self.welcome = welcome
         self.address = address
-        self._rids = itertools.count(1)
-        self._pending: dict[int, tuple[trio.Event, list[Any]]] = {}
+        self._replies = Replies()
         send, self.pushes = trio.open_memory_channel[Message](math.inf)
         self._push_send = send
-        self._closed_error: P2prtError | None = None
         self.busy = 0
 
     @property
@@ -101,21 +99,13 @@ class BoardClient:
 
     async def call(self, make: Callable[[int], Message]) -> Any:
         """Send ``make(rid)`` and return the reply's value (or raise its error)."""
-        if self._closed_error is not None:
-            raise self._closed_error
-        rid = next(self._rids)
-        done = trio.Event()
-        slot: list[Any] = []
-        self._pending[rid] = (done, slot)
+        rid = self._replies.register()
         try:
             await self.channel.send(make(rid))
-            await done.wait()
-        finally:
-            self._pending.pop(rid, None)
-        result = slot[0]
-        if isinstance(result, BaseException):
-            raise result
-        return result
+        except BaseException:
+            self._replies.discard(rid)
+            raise
+        return await self._replies.wait(rid)
 
     async def send(self, msg: Message) -> None:
         """Fire-and-forget message (heartbeat, lease return)."""
@@ -127,22 +117,15 @@ class BoardClient:
             async for msg in self.channel:
                 if isinstance(msg, (Ok, ErrorReply)):
                     rid = msg.rid if isinstance(msg, Ok) else msg.request_id
-                    entry = self._pending.get(rid) if rid is not None else None
-                    if entry is None:
-                        if isinstance(msg, ErrorReply):
-                            log.warning("board error: %s: %s", msg.code, msg.message)
-                        continue
-                    entry[1].append(msg.value if isinstance(msg, Ok) else _error_from_reply(msg))
-                    entry[0].set()
+                    value = msg.value if isinstance(msg, Ok) else _error_from_reply(msg)
+                    if not self._replies.resolve(rid, value) and isinstance(msg, ErrorReply):
+                        log.warning("board error: %s: %s", msg.code, msg.message)
                 else:
                     self._push_send.send_nowait(msg)
         except P2prtError as exc:
             error = exc if not isinstance(exc, ProtocolError) else ConnectionLostError(f"board {self.address}: {exc}")
         finally:
-            self._closed_error = error
-            for done, slot in list(self._pending.values()):
-                slot.append(error)
-                done.set()
+            self._replies.close(error)
             self._push_send.close()
 
     async def _heartbeats(self) -> None:

@@ -8,16 +8,14 @@ the runtime's handler.
 
 from __future__ import annotations
 
-import itertools
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-import trio
-
 from ..errors import P2prtError
 from ..transport import MessageChannel, Outbox
+from ..transport.replies import Replies
 from ..wire.board import LeaseTicket
 from ..wire.control import ErrorReply
 from ..wire.messages import Message
@@ -56,8 +54,7 @@ class WorkerConnection:
         self.closed = False
         self._on_message = on_message
         self._outbox = Outbox(channel)
-        self._rids = itertools.count(1)
-        self._replies: dict[int, tuple[trio.Event, list[Message]]] = {}
+        self._replies = Replies()
 
     @property
     def label(self) -> str:
@@ -67,18 +64,9 @@ class WorkerConnection:
         self._outbox.put(msg)
 
     async def attach(self, ticket: LeaseTicket) -> Attached:
-        rid = next(self._rids)
-        done = trio.Event()
-        slot: list[Message] = []
-        self._replies[rid] = (done, slot)
+        rid = self._replies.register()
         self.enqueue(Attach(rid, ticket))
-        try:
-            await done.wait()
-        finally:
-            self._replies.pop(rid, None)
-        if not slot:
-            raise P2prtError(f"connection to worker {self.label} closed while attaching")
-        reply = slot[0]
+        reply = await self._replies.wait(rid)
         if isinstance(reply, ErrorReply):
             raise P2prtError(f"worker {self.label} refused lease: {reply.message}")
         assert isinstance(reply, Attached)
@@ -92,10 +80,7 @@ class WorkerConnection:
         async for msg in self.channel:
             if isinstance(msg, (Attached, ErrorReply)):
                 rid = msg.rid if isinstance(msg, Attached) else msg.request_id
-                entry = self._replies.get(rid) if rid is not None else None
-                if entry is not None:
-                    entry[1].append(msg)
-                    entry[0].set()
+                if self._replies.resolve(rid, msg):
                     continue
                 if isinstance(msg, ErrorReply):
                     log.warning("worker %s: %s", self.label, msg.message)
@@ -104,5 +89,4 @@ class WorkerConnection:
 
     def fail_pending(self) -> None:
         self.closed = True
-        for done, _ in self._replies.values():
-            done.set()
+        self._replies.close(P2prtError(f"the connection to worker {self.label} closed"))

@@ -36,6 +36,7 @@ from ..identity.certificate import NodeIdentity
 from ..identity.keys import SshPublicKey
 from ..identity.known_boards import KnownBoards
 from ..transport import MessageChannel, NoiseStream, Outbox, serve_secure
+from ..transport.replies import Replies
 from ..wire import board as bm
 from ..wire import peer as pm
 from ..wire.control import ErrorReply
@@ -76,8 +77,7 @@ class _ClientConn:
     held: dict[str, collections.deque[ExecTask]] = field(default_factory=dict)
     running: dict[str, int] = field(default_factory=dict)
     tasks: dict[int, tuple[int, str]] = field(default_factory=dict)  # pool id -> (client id, lease)
-    rids: Any = field(default_factory=lambda: itertools.count(1))
-    replies: dict[int, tuple[trio.Event, list[Message]]] = field(default_factory=dict)
+    replies: Replies = field(default_factory=Replies)
     outbox: Outbox = field(init=False)
 
     def __post_init__(self) -> None:
@@ -87,18 +87,10 @@ class _ClientConn:
         self.outbox.put(msg)
 
     async def request(self, make: Callable[[int], Message]) -> Message:
-        rid = next(self.rids)
-        done = trio.Event()
-        slot: list[Message] = []
-        self.replies[rid] = (done, slot)
+        rid = self.replies.register()
         self.enqueue(make(rid))
-        try:
-            await done.wait()
-        finally:
-            self.replies.pop(rid, None)
-        if not slot:
-            raise P2prtError("the client went away")
-        return slot[0]
+        reply: Message = await self.replies.wait(rid)
+        return reply
 
 
 class WorkerServer:
@@ -246,8 +238,7 @@ class WorkerServer:
             for pool_id in list(conn.tasks):
                 self.pool.cancel(pool_id, force=True)
                 self._owner.pop(pool_id, None)
-            for done, _ in conn.replies.values():
-                done.set()
+            conn.replies.close(P2prtError("the client went away"))
             del old
 
 
@@ -286,10 +277,7 @@ class WorkerServer:
                     break
         elif isinstance(msg, (pm.NestedSubmitted, pm.NestedValues, ErrorReply)):
             rid = msg.request_id if isinstance(msg, ErrorReply) else msg.rid
-            entry = conn.replies.get(rid) if rid is not None else None
-            if entry is not None:
-                entry[1].append(msg)
-                entry[0].set()
+            conn.replies.resolve(rid, msg)
         else:
             conn.enqueue(ErrorReply("BoardRequestError", f"unexpected message {type(msg).__name__}", None))
 
