@@ -1,7 +1,11 @@
 """A framed message channel over a :class:`NoiseStream`.
 
 Each message is one frame: a 4-byte length and its CBOR encoding
-(:mod:`p2prt.wire.messages`). ``send_many`` writes a batch in one ``send_all``.
+(:mod:`p2prt.wire.messages`), optionally followed by attachments — large buffers sent
+raw (:mod:`p2prt.wire.attachments`). ``send_many`` writes a batch in one
+``send_parts``; attachments are encrypted straight from their memory, and received ones
+are decrypted straight into buffers from ``allocate``. A channel accepts attachments
+only when built with ``max_attachment_bytes`` > 0 (peer connections; never the board).
 Errors are p2prt errors only: protocol errors from the decoder, transport errors mapped
 from trio and the OS.
 """
@@ -10,25 +14,41 @@ from __future__ import annotations
 
 from collections import deque
 from collections.abc import AsyncIterator, Iterable
+from typing import Any
 
 import trio
 
 from ..errors import ConnectionClosedError
-from ..wire.frames import DEFAULT_MAX_FRAME_SIZE, FrameDecoder, encode_frame, encode_frames
+from ..wire.attachments import Allocator, MessageDecoder, encode_parts
+from ..wire.frames import DEFAULT_MAX_FRAME_SIZE
 from ..wire.handshake import PeerInfo
-from ..wire.messages import Message, decode_message, encode_message
+from ..wire.messages import Message, decode_message, encode_message_parts
 from ._errors import map_exceptions
 from .noise_stream import NoiseStream
 
-__all__ = ["MessageChannel", "Outbox"]
+__all__ = ["MessageChannel", "Outbox", "ATTACH_MIN", "DEFAULT_MAX_ATTACHMENT_BYTES"]
+
+ATTACH_MIN = 64 * 1024
+"""Buffers of at least this size travel as attachments (when the channel allows them)."""
+
+DEFAULT_MAX_ATTACHMENT_BYTES = 1 << 40
+"""Attachments per message on peer connections: no practical limit (memory is)."""
 
 
 class MessageChannel:
     """Send and receive typed messages; ``async for msg in channel`` until the peer closes."""
 
-    def __init__(self, stream: NoiseStream, *, max_frame_size: int = DEFAULT_MAX_FRAME_SIZE) -> None:
+    def __init__(
+        self,
+        stream: NoiseStream,
+        *,
+        max_frame_size: int = DEFAULT_MAX_FRAME_SIZE,
+        max_attachment_bytes: int = 0,
+        allocate: Allocator = bytearray,
+    ) -> None:
         self.stream = stream
-        self._decoder = FrameDecoder(max_frame_size)
+        self._decoder = MessageDecoder(max_frame_size, max_attachment_bytes, allocate)
+        self._attach_min = ATTACH_MIN if max_attachment_bytes else 1 << 62
         self._ready: deque[Message] = deque()
         self._send_lock = trio.Lock()
 
@@ -38,32 +58,52 @@ class MessageChannel:
 
     async def send(self, msg: Message) -> None:
         """Send one message. Concurrent senders are serialised."""
-        data = encode_frame(encode_message(msg))
-        async with self._send_lock:
-            with map_exceptions(f"connection to {self.peer.user}"):
-                await self.stream.send_all(data)
+        await self.send_many((msg,))
 
     async def send_many(self, msgs: Iterable[Message]) -> None:
         """Send several messages in one write."""
-        data = encode_frames(encode_message(m) for m in msgs)
+        parts: list[Any] = []
+        small: list[bytes] = []
+        for m in msgs:
+            body, attachments = encode_message_parts(m, self._attach_min)
+            frame = encode_parts(body, attachments)
+            if len(frame) == 1:
+                small.append(frame[0])
+                continue
+            if small:
+                parts.append(b"".join(small))
+                small = []
+            parts.extend(frame)
+        if small:
+            parts.append(small[0] if len(small) == 1 else b"".join(small))
         async with self._send_lock:
             with map_exceptions(f"connection to {self.peer.user}"):
-                await self.stream.send_all(data)
+                await self.stream.send_parts(parts)
 
     async def receive(self) -> Message:
         """The next message. Raises :class:`ConnectionClosedError` when the peer closed
         cleanly, a :class:`ProtocolError` on bad input, or a transport error."""
+        decoder = self._decoder
         while not self._ready:
-            for frame in self._decoder.frames():
-                self._ready.append(decode_message(frame))
+            for body, attachments in decoder.frames():
+                self._ready.append(decode_message(body, attachments))
             if self._ready:
                 break
+            view = decoder.attachment_view()
             with map_exceptions(f"connection to {self.peer.user}"):
-                data = await self.stream.receive_some()
+                if view is not None:
+                    n = await self.stream.receive_into(view)
+                    del view
+                    if n:
+                        decoder.advance(n)
+                        continue
+                    data = b""
+                else:
+                    data = await self.stream.receive_some()
             if not data:
-                self._decoder.check_eof()
+                decoder.check_eof()
                 raise ConnectionClosedError(f"{self.peer.user} closed the connection")
-            self._decoder.feed(data)
+            decoder.feed(data)
         return self._ready.popleft()
 
     def __aiter__(self) -> AsyncIterator[Message]:

@@ -25,26 +25,30 @@ the stream broken. Code above the transport layer sees only p2prt errors
 
 from __future__ import annotations
 
+import errno
 import inspect
 import logging
 import operator
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 
 import trio
 
-from ..errors import ConnectionRejectedError, P2prtError, ProtocolError, TruncatedFrameError
+from ..errors import ConnectionRejectedError, DecryptionError, P2prtError, ProtocolError, TruncatedFrameError
 from ..identity.certificate import NodeIdentity, PeerId
-from ..wire.cipher import MAX_NOISE_MESSAGE, MAX_PLAINTEXT, CipherState
-from ..wire.frames import NOISE_HEADER, FrameDecoder
+from ..wire.cipher import MAX_NOISE_MESSAGE, MAX_PLAINTEXT, TAG_SIZE, CipherState
+from ..wire.frames import NOISE_HEADER
 from ..wire.handshake import HandshakeState, NoiseHandshake, PeerInfo
 
 __all__ = ["NoiseStream", "noise_connect", "noise_accept", "Authorizer"]
 
 log = logging.getLogger(__name__)
 
-_RECEIVE_SIZE = 256 * 1024
-_SEND_BATCH = 256 * 1024
+_RECEIVE_SIZE = 256 * 1024  # handshake reads
+_RECV_SMALL = 2 * (MAX_NOISE_MESSAGE + 2)  # receive buffer of every connection
+_RECV_LARGE = 1 << 20  # ... grown to this once a large buffer is being received
+_SEND_BATCH = 256 * 1024  # ciphertext written per transport send
+_SEND_BUFFER = _SEND_BATCH + MAX_NOISE_MESSAGE + 2
 
 Authorizer = Callable[[PeerInfo], str | Awaitable[str | None] | None]
 """Decides on an authenticated peer: ``None`` accepts, a string is the reason to refuse."""
@@ -84,10 +88,17 @@ class NoiseStream(trio.abc.Stream):
         self.peer = peer
         self._send_cipher = send_cipher
         self._recv_cipher = receive_cipher
-        self._frames = FrameDecoder(MAX_NOISE_MESSAGE, NOISE_HEADER)
-        self._frames.feed(leftover)
-        self._plain = b""
+        self._socket = transport_stream.socket if isinstance(transport_stream, trio.SocketStream) else None
+        # Ciphertext received, not yet decrypted: self._rbuf[self._rstart:self._rend].
+        self._rbuf = bytearray(max(_RECV_SMALL, len(leftover)))
+        self._rbuf[: len(leftover)] = leftover
+        self._rstart = 0
+        self._rend = len(leftover)
+        self._plain = b""  # decrypted, not yet returned
         self._plain_pos = 0
+        self._out = bytearray()  # ciphertext being assembled for one transport write
+        self._opos = 0
+        self._stage = bytearray(MAX_PLAINTEXT)  # small pieces gathered into one message
         self._send_conflict = _Conflict("sending")
         self._recv_conflict = _Conflict("receiving")
         self._closed = False
@@ -99,36 +110,82 @@ class NoiseStream(trio.abc.Stream):
     # -- sending ----------------------------------------------------------------------
 
     async def send_all(self, data: bytes | bytearray | memoryview) -> None:
+        await self.send_parts((data,))
+
+    async def send_parts(self, parts: Sequence[bytes | bytearray | memoryview]) -> None:
+        """Send the concatenation of ``parts`` without joining them: small pieces are
+        gathered into one Noise message, large ones encrypted straight from their
+        memory into a reused output buffer."""
         with self._send_conflict:
             if self._closed:
                 raise trio.ClosedResourceError("NoiseStream was closed")
             if self._send_broken:
                 raise trio.BrokenResourceError("NoiseStream is broken")
-            view = memoryview(data).cast("B")
-            if not view:
-                await trio.lowlevel.checkpoint()
-                return
             try:
-                batch: list[bytes] = []
-                size = 0
-                encrypt = self._send_cipher.encrypt
-                pack = NOISE_HEADER.pack
-                for off in range(0, len(view), MAX_PLAINTEXT):
-                    ct = encrypt(view[off : off + MAX_PLAINTEXT])
-                    batch.append(pack(len(ct)))
-                    batch.append(ct)
-                    size += len(ct) + 2
-                    if size >= _SEND_BATCH:
-                        await self.transport_stream.send_all(b"".join(batch))
-                        batch.clear()
-                        size = 0
-                if batch:
-                    await self.transport_stream.send_all(b"".join(batch))
-                self.bytes_sent += len(view)
+                sent = await self._send_parts(parts)
             except BaseException:
                 # A partial send (error or cancellation) desynchronises the cipher stream.
                 self._send_broken = True
                 raise
+            if not sent:
+                await trio.lowlevel.checkpoint()
+
+    async def _send_parts(self, parts: Sequence[bytes | bytearray | memoryview]) -> int:
+        stage = self._stage
+        spos = 0
+        total = 0
+        self._opos = 0
+        for part in parts:
+            view = memoryview(part).cast("B") if not isinstance(part, bytes) else memoryview(part)
+            n = len(view)
+            total += n
+            pos = 0
+            if not spos and len(parts) == 1 and n <= MAX_PLAINTEXT:
+                if n:
+                    await self._emit(view)
+                break
+            while pos < n:
+                if not spos and n - pos >= MAX_PLAINTEXT:
+                    await self._emit(view[pos : pos + MAX_PLAINTEXT])
+                    pos += MAX_PLAINTEXT
+                    continue
+                take = min(MAX_PLAINTEXT - spos, n - pos)
+                stage[spos : spos + take] = view[pos : pos + take]
+                spos += take
+                pos += take
+                if spos == MAX_PLAINTEXT:
+                    await self._emit(stage)
+                    spos = 0
+        if spos:
+            await self._emit(memoryview(stage)[:spos])
+        if self._opos:
+            await self._flush()
+        self.bytes_sent += total
+        return total
+
+    async def _emit(self, plaintext: bytes | bytearray | memoryview) -> None:
+        """Append one Noise message to the output buffer; write the buffer when full."""
+        size = len(plaintext) + TAG_SIZE
+        out = self._out
+        need = self._opos + size + NOISE_HEADER.size
+        if need > len(out):
+            if need > _SEND_BUFFER:
+                await self._flush()
+                need = size + NOISE_HEADER.size
+            if need > len(out):
+                out.extend(bytes(max(need, min(2 * len(out), _SEND_BUFFER)) - len(out)))
+        pos = self._opos
+        NOISE_HEADER.pack_into(out, pos, size)
+        with memoryview(out) as mv:
+            self._send_cipher.encrypt_into(plaintext, mv[pos + 2 : pos + 2 + size])
+        self._opos = pos + 2 + size
+        if self._opos >= _SEND_BATCH:
+            await self._flush()
+
+    async def _flush(self) -> None:
+        with memoryview(self._out) as mv:
+            await self.transport_stream.send_all(mv[: self._opos])
+        self._opos = 0
 
     async def wait_send_all_might_not_block(self) -> None:
         with self._send_conflict:
@@ -144,51 +201,151 @@ class NoiseStream(trio.abc.Stream):
             if max_bytes < 1:
                 raise ValueError("max_bytes must be >= 1")
         with self._recv_conflict:
-            if self._closed:
-                raise trio.ClosedResourceError("NoiseStream was closed")
-            if self._recv_broken is not None:
-                raise trio.BrokenResourceError("NoiseStream is broken") from self._recv_broken
+            self._check_receivable()
+            waited = False
             if self._plain_pos >= len(self._plain):
-                if not await self._fill():
+                waited = await self._fill()
+                if waited is None:
                     return b""
-            else:
+            if not waited:
                 await trio.lowlevel.checkpoint()
             start = self._plain_pos
             end = len(self._plain) if max_bytes is None else min(len(self._plain), start + max_bytes)
             self._plain_pos = end
             if start == 0 and end == len(self._plain):
-                return self._plain
+                out = self._plain
+                self._plain = b""
+                self._plain_pos = 0
+                return out
             return self._plain[start:end]
 
-    async def _fill(self) -> bool:
-        """Decrypt the next Noise message into the plaintext buffer; False at clean EOF."""
+    async def receive_into(self, buffer: memoryview) -> int:
+        """Receive up to ``len(buffer)`` plaintext bytes into ``buffer``; 0 at clean EOF.
+
+        Noise messages that fit are decrypted straight into ``buffer``; this is how
+        large attachments reach their final place without a copy."""
+        with self._recv_conflict:
+            self._check_receivable()
+            if self._plain_pos < len(self._plain):
+                n = min(len(buffer), len(self._plain) - self._plain_pos)
+                buffer[:n] = self._plain[self._plain_pos : self._plain_pos + n]
+                self._plain_pos += n
+                await trio.lowlevel.checkpoint()
+                return n
+            if len(buffer) >= _RECV_LARGE and len(self._rbuf) < _RECV_LARGE:
+                self._rbuf.extend(bytes(_RECV_LARGE - len(self._rbuf)))
+            got = 0
+            waited = False
+            while got < len(buffer):
+                frame = self._next_frame()
+                if frame is None:
+                    if got:
+                        break
+                    if not await self._read_more():
+                        return 0
+                    waited = True
+                    continue
+                size = len(frame) - TAG_SIZE
+                try:
+                    if size <= len(buffer) - got:
+                        self._recv_cipher.decrypt_into(frame, buffer[got : got + size])
+                        got += size
+                    else:
+                        plain = self._recv_cipher.decrypt(frame)
+                        take = len(buffer) - got
+                        buffer[got:] = plain[:take]
+                        got += take
+                        self._plain, self._plain_pos = plain, take
+                except ProtocolError as exc:
+                    self._recv_broken = exc
+                    raise
+                finally:
+                    del frame
+                self._rstart += size + TAG_SIZE + NOISE_HEADER.size
+            self.bytes_received += got
+            if not waited:
+                await trio.lowlevel.checkpoint()
+            return got
+
+    def _check_receivable(self) -> None:
+        if self._closed:
+            raise trio.ClosedResourceError("NoiseStream was closed")
+        if self._recv_broken is not None:
+            raise trio.BrokenResourceError("NoiseStream is broken") from self._recv_broken
+
+    def _next_frame(self) -> memoryview | None:
+        """The next complete Noise message in the receive buffer (not yet consumed)."""
+        start, avail = self._rstart, self._rend - self._rstart
+        if avail < NOISE_HEADER.size:
+            return None
+        rbuf = self._rbuf
+        size = (rbuf[start] << 8) | rbuf[start + 1]
+        if size < TAG_SIZE:
+            exc = DecryptionError(f"a Noise message of {size} bytes is shorter than its tag")
+            self._recv_broken = exc
+            raise exc
+        if avail < NOISE_HEADER.size + size:
+            return None
+        return memoryview(rbuf)[start + 2 : start + 2 + size]
+
+    async def _fill(self) -> bool | None:
+        """Decrypt the next non-empty Noise message into ``self._plain``. Returns whether
+        it waited for the transport, or None at clean EOF."""
+        waited = False
         while True:
-            try:
-                frame = self._frames.next_frame()
-            except ProtocolError as exc:
-                self._recv_broken = exc
-                raise
+            frame = self._next_frame()
             if frame is not None:
                 try:
                     plain = self._recv_cipher.decrypt(frame)
                 except ProtocolError as exc:
                     self._recv_broken = exc
                     raise
+                finally:
+                    self._rstart += len(frame) + NOISE_HEADER.size
+                    del frame
                 if not plain:
                     continue
                 self._plain = plain
                 self._plain_pos = 0
                 self.bytes_received += len(plain)
-                return True
-            data = await self.transport_stream.receive_some(_RECEIVE_SIZE)
-            if not data:
+                return waited
+            if not await self._read_more():
+                return None
+            waited = True
+
+    async def _read_more(self) -> bool:
+        """Receive more ciphertext; False at a clean EOF (raises on a truncated one)."""
+        rbuf = self._rbuf
+        if self._rstart == self._rend:
+            self._rstart = self._rend = 0
+        elif self._rstart and len(rbuf) - self._rend < max(MAX_NOISE_MESSAGE + 2, len(rbuf) // 4):
+            keep = self._rend - self._rstart
+            rbuf[:keep] = rbuf[self._rstart : self._rend]
+            self._rstart, self._rend = 0, keep
+        with memoryview(rbuf) as mv:
+            free = mv[self._rend :]
+            if self._socket is not None:
                 try:
-                    self._frames.check_eof()
-                except TruncatedFrameError as exc:
-                    self._recv_broken = exc
-                    raise
-                return False
-            self._frames.feed(data)
+                    n = await self._socket.recv_into(free)
+                except OSError as exc:
+                    if exc.errno == errno.EBADF:
+                        raise trio.ClosedResourceError("the socket was closed") from None
+                    raise trio.BrokenResourceError(f"socket error: {exc}") from exc
+            else:
+                data = await self.transport_stream.receive_some(len(free))
+                n = len(data)
+                free[:n] = data
+            del free
+        if not n:
+            if self._rend > self._rstart:
+                exc = TruncatedFrameError(
+                    f"stream ended in the middle of a frame ({self._rend - self._rstart} bytes received)"
+                )
+                self._recv_broken = exc
+                raise exc
+            return False
+        self._rend += n
+        return True
 
     # -- closing ----------------------------------------------------------------------
 

@@ -38,6 +38,24 @@ class CipherState:
         self._n += 1
         return self._aead.encrypt(nonce, plaintext, None)
 
+    def encrypt_into(self, plaintext: bytes | bytearray | memoryview, out: memoryview) -> int:
+        """Encrypt into ``out`` (exactly ``len(plaintext) + TAG_SIZE`` bytes); returns that size."""
+        if len(plaintext) > MAX_PLAINTEXT:
+            raise ValueError(f"Noise plaintext is limited to {MAX_PLAINTEXT} bytes")
+        nonce = _NONCE_PREFIX + self._n.to_bytes(8, "little")
+        self._n += 1
+        return self._aead.encrypt_into(nonce, plaintext, None, out)
+
+    def decrypt_into(self, ciphertext: bytes | bytearray | memoryview, out: memoryview) -> int:
+        """Decrypt into ``out`` (exactly ``len(ciphertext) - TAG_SIZE`` bytes)."""
+        nonce = _NONCE_PREFIX + self._n.to_bytes(8, "little")
+        try:
+            n = self._aead.decrypt_into(nonce, ciphertext, None, out)
+        except InvalidTag:
+            raise DecryptionError("a Noise message failed authentication (tampered or corrupted)") from None
+        self._n += 1
+        return n
+
     def decrypt(self, ciphertext: bytes | bytearray | memoryview) -> bytes:
         nonce = _NONCE_PREFIX + self._n.to_bytes(8, "little")
         try:

@@ -2,9 +2,15 @@
 
 A message type is a frozen dataclass declared with :func:`message`; nested structures
 are dataclasses declared with :func:`record`. Fields are typed with a small vocabulary —
-``int``, ``float``, ``str``, ``bytes``, ``bool``, ``Any`` (plain CBOR data), ``X | None``,
-``list[X]``, ``dict[str, X]`` and records — and every instance is checked in
-``__post_init__``, whether built locally or decoded from the wire.
+``int``, ``float``, ``str``, ``bytes``, ``bool``, :data:`Buffer`, ``Any`` (plain CBOR
+data), ``X | None``, ``list[X]``, ``dict[str, X]`` and records — and every instance is
+checked in ``__post_init__``, whether built locally or decoded from the wire.
+
+A :data:`Buffer` field holds bytes, a ``bytearray`` or a ``memoryview`` as is (no copy).
+:func:`encode_message_parts` takes large buffers out of the CBOR as *attachments*: the
+field holds CBOR tag :data:`ATTACHMENT_TAG` with the attachment's index, and the bytes
+travel raw after the message (:mod:`p2prt.wire.attachments`), so a 64 MiB payload is
+never copied into or out of a CBOR document. Only buffer fields may carry attachments.
 
 On the wire a message is the CBOR array ``[tag, field1, field2, ...]``; a record is the
 array of its fields. Trailing fields with defaults may be omitted, so a field added
@@ -20,7 +26,7 @@ import io
 import types
 import typing
 from collections.abc import Callable
-from typing import Any, ClassVar, TypeVar, dataclass_transform
+from typing import Any, ClassVar, TypeAlias, TypeVar, dataclass_transform
 
 import cbor2
 
@@ -32,13 +38,25 @@ __all__ = [
     "message",
     "record",
     "encode_message",
+    "encode_message_parts",
     "decode_message",
+    "Buffer",
+    "ATTACHMENT_TAG",
     "message_types",
     "MAX_NESTING",
 ]
 
 MAX_NESTING = 32
 """Deepest nesting accepted inside an ``Any`` field."""
+
+Buffer: TypeAlias = bytes | bytearray | memoryview
+"""Field type for payloads: kept as given, and sent as an attachment when large."""
+
+ATTACHMENT_TAG = 20530
+"""CBOR tag of a reference to an attachment (its index) in a buffer field."""
+
+# What a field needs on encode: nothing, conversion of nested records, buffer handling.
+_PLAIN_FIELD, _NESTED_FIELD, _BUFFER_FIELD = 0, 1, 2
 
 _REGISTRY: dict[str, type[Message]] = {}
 
@@ -55,7 +73,7 @@ class Record:
     _fields: ClassVar[tuple[str, ...]]
     _checks: ClassVar[tuple[_Check, ...]]
     _required: ClassVar[int]
-    _nested: ClassVar[tuple[bool, ...]]
+    _nested: ClassVar[tuple[int, ...]]
 
     def __post_init__(self) -> None:
         name = type(self).__name__
@@ -65,8 +83,11 @@ class Record:
             if converted is not value:
                 object.__setattr__(self, fname, converted)
 
-    def to_wire(self) -> list[Any]:
-        return [_to_wire(getattr(self, f)) if n else getattr(self, f) for f, n in zip(self._fields, self._nested, strict=False)]
+    def to_wire(self, attach: _Attach | None = None) -> list[Any]:
+        return [
+            _to_wire(getattr(self, f), attach) if n else getattr(self, f)
+            for f, n in zip(self._fields, self._nested, strict=False)
+        ]
 
     @classmethod
     def from_wire(cls, items: Any, path: str | None = None) -> Any:
@@ -83,17 +104,37 @@ class Message(Record):
 
     TAG: ClassVar[str]
 
-    def to_wire(self) -> list[Any]:
-        return [self.TAG, *super().to_wire()]
+    def to_wire(self, attach: _Attach | None = None) -> list[Any]:
+        return [self.TAG, *super().to_wire(attach)]
 
 
-def _to_wire(value: Any) -> Any:
+class _Attach:
+    """Collects the attachments of one message while it is converted for the wire."""
+
+    __slots__ = ("min_size", "buffers")
+
+    def __init__(self, min_size: int) -> None:
+        self.min_size = min_size
+        self.buffers: list[bytes | bytearray | memoryview] = []
+
+    def take(self, value: bytes | bytearray | memoryview) -> Any:
+        if len(value) < self.min_size:
+            return value if type(value) is not memoryview else value.tobytes()
+        self.buffers.append(value)
+        return cbor2.CBORTag(ATTACHMENT_TAG, len(self.buffers) - 1)
+
+
+def _to_wire(value: Any, attach: _Attach | None) -> Any:
     if isinstance(value, Record):
-        return value.to_wire()
+        return value.to_wire(attach)
     if isinstance(value, list):
-        return [_to_wire(v) for v in value]
+        return [_to_wire(v, attach) for v in value]
     if isinstance(value, dict):
-        return {k: _to_wire(v) for k, v in value.items()}
+        return {k: _to_wire(v, attach) for k, v in value.items()}
+    if isinstance(value, (bytes, bytearray, memoryview)):
+        if attach is not None:
+            return attach.take(value)
+        return value if type(value) is not memoryview else value.tobytes()
     return value
 
 
@@ -148,12 +189,20 @@ def _scalar(kind: type) -> _Check:
     return check
 
 
-def _compile(tp: Any) -> tuple[_Check, bool]:
-    """A checker for type ``tp`` and whether values need conversion on encode."""
+def _check_buffer(value: Any, path: str) -> Any:
+    if isinstance(value, (bytes, bytearray, memoryview)):
+        return value
+    raise InvalidMessageError(f"{path}: expected bytes, got {_tname(value)}")
+
+
+def _compile(tp: Any) -> tuple[_Check, int]:
+    """A checker for type ``tp`` and what values need on encode (``_*_FIELD``)."""
     if tp in (int, float, str, bytes, bool):
-        return _scalar(tp), False
+        return _scalar(tp), _PLAIN_FIELD
+    if tp == Buffer:
+        return _check_buffer, _BUFFER_FIELD
     if tp is Any:
-        return _plain, False
+        return _plain, _PLAIN_FIELD
     if isinstance(tp, type) and issubclass(tp, Record) and not issubclass(tp, Message):
         rec = tp
 
@@ -162,7 +211,7 @@ def _compile(tp: Any) -> tuple[_Check, bool]:
                 return value
             return rec.from_wire(value, path)
 
-        return check_record, True
+        return check_record, _NESTED_FIELD
     origin = typing.get_origin(tp)
     args = typing.get_args(tp)
     if origin in (typing.Union, types.UnionType) and len(args) == 2 and type(None) in args:
@@ -238,25 +287,54 @@ def message_types() -> dict[str, type[Message]]:
 
 
 def encode_message(msg: Message) -> bytes:
-    """CBOR bytes of ``msg`` (no frame header)."""
+    """CBOR bytes of ``msg`` (no frame header); buffers stay inside the CBOR."""
     return cbor2.dumps(msg.to_wire())
+
+
+def encode_message_parts(msg: Message, attach_min: int) -> tuple[bytes, list[bytes | bytearray | memoryview]]:
+    """CBOR bytes of ``msg`` and its attachments: the buffer fields' values of at least
+    ``attach_min`` bytes, in the order their tags' indices name."""
+    attach = _Attach(attach_min)
+    body = cbor2.dumps(msg.to_wire(attach))
+    return body, attach.buffers
 
 
 def _reject_tag(decoder: Any, tag: Any) -> Any:
     raise MalformedFrameError(f"CBOR tag {tag.tag} is not allowed in p2prt messages")
 
 
-def decode_message(data: bytes | bytearray | memoryview) -> Message:
-    """Decode and validate one message; only :class:`ProtocolError` subclasses escape."""
+class _Resolve:
+    """tag_hook resolving attachment references, each exactly once."""
+
+    def __init__(self, attachments: list[Any]) -> None:
+        self.attachments = attachments
+        self.used = [False] * len(attachments)
+
+    def __call__(self, decoder: Any, tag: Any) -> Any:
+        index = tag.value
+        if tag.tag != ATTACHMENT_TAG or type(index) is not int or not 0 <= index < len(self.attachments):
+            raise MalformedFrameError(f"CBOR tag {tag.tag} with value {str(index)[:20]} is not a valid attachment")
+        if self.used[index]:
+            raise MalformedFrameError(f"attachment {index} is referenced twice")
+        self.used[index] = True
+        return self.attachments[index]
+
+
+def decode_message(data: bytes | bytearray | memoryview, attachments: list[Any] | None = None) -> Message:
+    """Decode and validate one message (with the attachments that came with its frame);
+    only :class:`ProtocolError` subclasses escape."""
     fp = io.BytesIO(data)
+    resolve = _Resolve(attachments) if attachments else None
     try:
-        obj = cbor2.CBORDecoder(fp, tag_hook=_reject_tag).decode()
+        obj = cbor2.CBORDecoder(fp, tag_hook=resolve or _reject_tag).decode()
     except MalformedFrameError:
         raise
     except Exception as exc:  # cbor2 raises many types on hostile input
         raise MalformedFrameError(f"frame is not valid CBOR: {exc}") from None
     if fp.tell() != len(data):
         raise MalformedFrameError(f"{len(data) - fp.tell()} stray bytes after the message")
+    if resolve is not None and not all(resolve.used):
+        raise MalformedFrameError(f"{resolve.used.count(False)} attachments are not referenced by the message")
     if not isinstance(obj, list) or not obj:
         raise MalformedFrameError(f"a message is a non-empty CBOR array, got {_tname(obj)}")
     tag = obj[0]
