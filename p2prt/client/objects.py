@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from typing import Any, ClassVar
 
 from ..serialization import loads
+from ..wire.messages import Buffer
 
 __all__ = ["ObjectRef", "ObjectStore", "Stored", "Failed", "new_object_id"]
 
@@ -36,8 +37,8 @@ def new_object_id() -> bytes:
 class Stored:
     """A value as bytes: ``loads(data, buffers)``."""
 
-    data: bytes
-    buffers: list[bytes]
+    data: Buffer
+    buffers: list[Buffer]
 
 
 @dataclass(frozen=True, slots=True)

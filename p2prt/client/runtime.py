@@ -58,12 +58,12 @@ from ..errors import (
 from ..identity.certificate import NodeIdentity, PeerId
 from ..identity.known_boards import KnownBoards
 from ..serialization import dumps, ship_by_value, ship_user_modules
-from ..transport import MessageChannel, open_secure_stream
+from ..transport import DEFAULT_MAX_ATTACHMENT_BYTES, MessageChannel, open_secure_stream
 from ..transport._errors import unwrap_single_group
 from ..wire import board as bm
 from ..wire import peer as pm
 from ..wire.handshake import local_versions
-from ..wire.messages import Message
+from ..wire.messages import Buffer, Message
 from .connection import ClientLease, WorkerConnection
 from .failures import task_error_from_info
 from .objects import Failed, ObjectRef, ObjectStore, Stored, new_object_id
@@ -240,7 +240,7 @@ class ClientRuntime:
         else:
             data, bufs = dumps((args, kwargs))
             task = Task(
-                next(self._task_ids), object_id, fn_id, payload, name, options, data, [bytes(b.raw()) for b in bufs]
+                next(self._task_ids), object_id, fn_id, payload, name, options, data, [b.raw() for b in bufs]
             )
         self._inbox.append(task)
         self._wake()
@@ -249,7 +249,7 @@ class ClientRuntime:
     def put(self, value: Any) -> ObjectRef:
         object_id = new_object_id()
         data, bufs = dumps(value)
-        self.store.put_value(object_id, value, Stored(data, [bytes(b.raw()) for b in bufs]))
+        self.store.put_value(object_id, value, Stored(data, [b.raw() for b in bufs]))
         return ObjectRef(object_id)
 
     def get(self, refs: Iterable[ObjectRef], timeout: float | None = None) -> list[Any]:
@@ -425,7 +425,7 @@ class ClientRuntime:
             task.task_id, lease.lease_id, task.fn_id, task.args, task.buffers, task.name, task.options.timeout
         )
 
-    def _resolve_args(self, task: Task) -> tuple[bytes, list[bytes]]:
+    def _resolve_args(self, task: Task) -> tuple[bytes, list[Buffer]]:
         assert task.raw is not None
         args, kwargs = task.raw
 
@@ -437,7 +437,7 @@ class ClientRuntime:
             return value
 
         data, bufs = dumps((tuple(sub(a) for a in args), {k: sub(v) for k, v in kwargs.items()}))
-        return data, [bytes(b.raw()) for b in bufs]
+        return data, [b.raw() for b in bufs]
 
     def _want_leases(self, shape: Shape, waiting: int) -> None:
         """Ask the board for enough leases to run every unfinished task of ``shape`` at once
@@ -557,7 +557,8 @@ class ClientRuntime:
                     last = exc
             else:
                 raise last or P2prtError("the worker announced no address")
-            conn = WorkerConnection(MessageChannel(stream), self._on_worker_message)
+            channel = MessageChannel(stream, max_attachment_bytes=DEFAULT_MAX_ATTACHMENT_BYTES)
+            conn = WorkerConnection(channel, self._on_worker_message)
             self._conns[peer] = conn
             assert self._nursery is not None
             self._nursery.start_soon(self._serve_connection, conn)

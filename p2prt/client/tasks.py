@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ..errors import ConfigError
+from ..wire.messages import Buffer
 
 __all__ = ["TaskOptions", "Task", "Shape", "Inline"]
 
@@ -51,8 +52,8 @@ class Task:
     fn_payload: bytes
     name: str
     options: TaskOptions
-    args: bytes | None
-    buffers: list[bytes]
+    args: Buffer | None
+    buffers: list[Buffer]
     raw: tuple[tuple[Any, ...], dict[str, Any]] | None = None
     deps: list[bytes] = field(default_factory=list)
     attempts: int = 0
@@ -66,11 +67,15 @@ class Inline:
 
     __slots__ = ("buffers", "data")
 
-    def __init__(self, data: bytes, buffers: list[bytes]) -> None:
+    def __init__(self, data: Buffer, buffers: list[Buffer]) -> None:
         self.data = data
         self.buffers = buffers
 
     def __reduce__(self) -> tuple[Any, ...]:
+        import pickle
+
         from ..serialization import loads
 
-        return (loads, (self.data, self.buffers))
+        # Buffers stay out of band in the enclosing pickle (protocol 5).
+        data = self.data if type(self.data) is bytes else pickle.PickleBuffer(self.data)
+        return (loads, (data, [pickle.PickleBuffer(b) for b in self.buffers]))

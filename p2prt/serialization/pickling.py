@@ -1,8 +1,9 @@
 """Payload codec: cloudpickle with pickle protocol 5 and out-of-band buffers.
 
 ``dumps(obj)`` returns the pickle stream plus the large buffers (numpy arrays,
-``pickle.PickleBuffer``-aware objects) separately, so they can be sent without being
-copied into the pickle. Functions and classes from the user's own modules — anything not
+``pickle.PickleBuffer``-aware objects, and ``bytes`` of at least :data:`BIG_BYTES` at the
+top of the value or one container down — e.g. a task's arguments) separately, so they
+can be sent without being copied into the pickle. Functions and classes from the user's own modules — anything not
 installed in site-packages or the standard library — are pickled *by value*
 (``cloudpickle.register_pickle_by_value``), so a worker on another machine needs only
 the third-party packages.
@@ -23,7 +24,7 @@ import cloudpickle
 
 from ..errors import SerializationError
 
-__all__ = ["dumps", "loads", "ship_by_value", "ship_user_modules", "is_user_module", "SerializationError"]
+__all__ = ["BIG_BYTES", "dumps", "loads", "ship_by_value", "ship_user_modules", "is_user_module", "SerializationError"]
 
 _registered: set[str] = set()
 
@@ -70,7 +71,42 @@ def ship_by_value(obj: Any) -> None:
         _registered.add(top)
 
 
-_PLAIN = (int, float, str, bytes, bool, type(None))
+_PLAIN = (int, float, str, bool, type(None))
+
+BIG_BYTES = 1 << 20
+"""``bytes`` objects at least this large are pickled out of band (see :func:`dumps`)."""
+
+
+class _OutOfBand:
+    """Pickles a large ``bytes`` object as an out-of-band buffer; it loads as ``bytes``."""
+
+    __slots__ = ("data",)
+
+    def __init__(self, data: bytes) -> None:
+        self.data = data
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (bytes, (pickle.PickleBuffer(self.data),))
+
+
+def _big(x: Any) -> bool:
+    return type(x) is bytes and len(x) >= BIG_BYTES
+
+
+def _lift(obj: Any, depth: int = 0) -> Any:
+    """``obj`` with large bytes objects (here and up to two container levels down, e.g.
+    the arguments in ``(args, kwargs)``) wrapped to travel out of band."""
+    t = type(obj)
+    if t is bytes:
+        return _OutOfBand(obj) if len(obj) >= BIG_BYTES else obj
+    if depth >= 2:
+        return obj
+    if t is tuple or t is list:
+        if len(obj) <= 64 and any(_big(x) or type(x) in (tuple, list, dict) for x in obj):
+            return t(_lift(x, depth + 1) for x in obj)
+    elif t is dict and len(obj) <= 64 and any(_big(x) or type(x) in (tuple, list, dict) for x in obj.values()):
+        return {k: _lift(v, depth + 1) for k, v in obj.items()}
+    return obj
 
 
 def _plain(obj: Any, depth: int = 0) -> bool:
@@ -78,6 +114,8 @@ def _plain(obj: Any, depth: int = 0) -> bool:
     t = type(obj)
     if t in _PLAIN:
         return True
+    if t is bytes:
+        return len(obj) < BIG_BYTES
     if depth > 3:
         return False
     if t is tuple or t is list:
@@ -117,13 +155,13 @@ def dumps(obj: Any) -> tuple[bytes, list[pickle.PickleBuffer]]:
         return pickle.dumps(obj, protocol=5), []
     buffers: list[pickle.PickleBuffer] = []
     try:
-        data = cloudpickle.dumps(obj, protocol=5, buffer_callback=buffers.append)
+        data = cloudpickle.dumps(_lift(obj), protocol=5, buffer_callback=buffers.append)
     except Exception as exc:
         raise SerializationError(f"cannot serialize {type(obj).__name__}: {exc}") from exc
     return data, buffers
 
 
-def loads(data: bytes | memoryview, buffers: list[Any] | tuple[Any, ...] = ()) -> Any:
+def loads(data: bytes | bytearray | memoryview, buffers: list[Any] | tuple[Any, ...] = ()) -> Any:
     """Inverse of :func:`dumps`. A missing module raises ``ModuleNotFoundError`` as is,
     so the caller can name the package."""
     return pickle.loads(data, buffers=buffers)

@@ -6,11 +6,12 @@
 - :mod:`._errors` — trio/OS errors mapped to :mod:`p2prt.errors`, once.
 """
 
-from .channel import MessageChannel, Outbox
+from .channel import DEFAULT_MAX_ATTACHMENT_BYTES, MessageChannel, Outbox
 from .noise_stream import Authorizer, NoiseStream, noise_accept, noise_connect
 from .tcp import HANDSHAKE_TIMEOUT, open_secure_channel, open_secure_stream, remote_address, serve_secure
 
 __all__ = [
+    "DEFAULT_MAX_ATTACHMENT_BYTES",
     "MessageChannel",
     "Outbox",
     "Authorizer",

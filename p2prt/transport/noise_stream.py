@@ -7,12 +7,15 @@ A NoiseStream wraps any transport stream (TCP, a relay splice, an in-memory pair
 :class:`~p2prt.wire.handshake.NoiseHandshake` over the transport and return a stream
 whose :attr:`NoiseStream.peer` is the verified identity of the other side. After that:
 
-- ``send_all`` cuts the data into pieces of at most 65,519 bytes (a Noise message is at
-  most 65,535 bytes with its 16-byte tag), encrypts each, prefixes a 2-byte length, and
-  writes them in batches of about 256 KiB;
-- ``receive_some`` reads Noise frames, decrypts one at a time and returns plaintext,
-  keeping any surplus for the next call (bytes that arrived with the last handshake
-  message included).
+- ``send_all`` / ``send_parts`` cut the data into pieces of at most 65,519 bytes (a
+  Noise message is at most 65,535 bytes with its 16-byte tag), encrypt each straight
+  into a reused output buffer behind a 2-byte length, and write up to 1 MiB at a time;
+  small parts are gathered into one message first;
+- ``receive_some`` returns the plaintext of the next Noise message (bytes that arrived
+  with the last handshake message included); ``receive_into`` decrypts messages straight
+  into the caller's buffer — how large attachments reach their final place (shared
+  memory on a worker) without a copy. Ciphertext is read with ``recv_into`` into one
+  buffer per connection (128 KiB, grown to 1 MiB while large data flows).
 
 Errors follow trio's stream contract (``BusyResourceError`` for concurrent use,
 ``ClosedResourceError`` after our ``aclose``, ``BrokenResourceError`` when the transport
@@ -47,7 +50,7 @@ log = logging.getLogger(__name__)
 _RECEIVE_SIZE = 256 * 1024  # handshake reads
 _RECV_SMALL = 2 * (MAX_NOISE_MESSAGE + 2)  # receive buffer of every connection
 _RECV_LARGE = 1 << 20  # ... grown to this once a large buffer is being received
-_SEND_BATCH = 256 * 1024  # ciphertext written per transport send
+_SEND_BATCH = 1 << 20  # ciphertext written per transport send (at most)
 _SEND_BUFFER = _SEND_BATCH + MAX_NOISE_MESSAGE + 2
 
 Authorizer = Callable[[PeerInfo], str | Awaitable[str | None] | None]
@@ -202,7 +205,7 @@ class NoiseStream(trio.abc.Stream):
                 raise ValueError("max_bytes must be >= 1")
         with self._recv_conflict:
             self._check_receivable()
-            waited = False
+            waited: bool | None = False
             if self._plain_pos >= len(self._plain):
                 waited = await self._fill()
                 if waited is None:
@@ -338,11 +341,11 @@ class NoiseStream(trio.abc.Stream):
             del free
         if not n:
             if self._rend > self._rstart:
-                exc = TruncatedFrameError(
+                truncated = TruncatedFrameError(
                     f"stream ended in the middle of a frame ({self._rend - self._rstart} bytes received)"
                 )
-                self._recv_broken = exc
-                raise exc
+                self._recv_broken = truncated
+                raise truncated
             return False
         self._rend += n
         return True

@@ -111,7 +111,7 @@ class Message(Record):
 class _Attach:
     """Collects the attachments of one message while it is converted for the wire."""
 
-    __slots__ = ("min_size", "buffers")
+    __slots__ = ("buffers", "min_size")
 
     def __init__(self, min_size: int) -> None:
         self.min_size = min_size
@@ -299,8 +299,13 @@ def encode_message_parts(msg: Message, attach_min: int) -> tuple[bytes, list[byt
     return body, attach.buffers
 
 
-def _reject_tag(decoder: Any, tag: Any) -> Any:
-    raise MalformedFrameError(f"CBOR tag {tag.tag} is not allowed in p2prt messages")
+def _tag_of(args: tuple[Any, ...]) -> cbor2.CBORTag:
+    # cbor2 5 calls tag_hook(decoder, tag); cbor2 6 calls tag_hook(tag, immutable).
+    return next(a for a in args if isinstance(a, cbor2.CBORTag))
+
+
+def _reject_tag(*args: Any) -> Any:
+    raise MalformedFrameError(f"CBOR tag {_tag_of(args).tag} is not allowed in p2prt messages")
 
 
 class _Resolve:
@@ -310,7 +315,8 @@ class _Resolve:
         self.attachments = attachments
         self.used = [False] * len(attachments)
 
-    def __call__(self, decoder: Any, tag: Any) -> Any:
+    def __call__(self, *args: Any) -> Any:
+        tag = _tag_of(args)
         index = tag.value
         if tag.tag != ATTACHMENT_TAG or type(index) is not int or not 0 <= index < len(self.attachments):
             raise MalformedFrameError(f"CBOR tag {tag.tag} with value {str(index)[:20]} is not a valid attachment")
@@ -330,6 +336,8 @@ def decode_message(data: bytes | bytearray | memoryview, attachments: list[Any] 
     except MalformedFrameError:
         raise
     except Exception as exc:  # cbor2 raises many types on hostile input
+        if isinstance(exc.__cause__, MalformedFrameError):  # ours, from a tag hook
+            raise exc.__cause__ from None
         raise MalformedFrameError(f"frame is not valid CBOR: {exc}") from None
     if fp.tell() != len(data):
         raise MalformedFrameError(f"{len(data) - fp.tell()} stray bytes after the message")

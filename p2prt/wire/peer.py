@@ -5,14 +5,15 @@ A client opens one Noise connection per worker and first presents a lease ticket
 worker and the connecting peer, and that it has not expired or been revoked. Functions
 travel once per connection (:class:`DefineFunction`) and are then named by their hash.
 Tasks are pushed in batches (:class:`SubmitTasks`); results come back in batches
-(:class:`TaskResults`). Payloads are cloudpickle bytes plus out-of-band buffers; the
-worker never unpickles them itself — its executor subprocesses do.
+(:class:`TaskResults`). Payloads are cloudpickle bytes plus out-of-band buffers
+(:data:`~p2prt.wire.messages.Buffer` fields: large ones travel as attachments, outside
+the CBOR); the worker never unpickles them itself — its executor subprocesses do.
 """
 
 from __future__ import annotations
 
 from .board import LeaseTicket
-from .messages import Message, Record, message, record
+from .messages import Buffer, Message, Record, message, record
 
 __all__ = [
     "Attach",
@@ -66,8 +67,8 @@ class TaskSpec(Record):
     task_id: int
     lease_id: str
     fn_id: bytes
-    args: bytes
-    buffers: list[bytes]
+    args: Buffer
+    buffers: list[Buffer]
     name: str
     timeout: float | None = None
 
@@ -90,8 +91,8 @@ class TaskResult(Record):
 
     task_id: int
     status: str
-    data: bytes
-    buffers: list[bytes]
+    data: Buffer
+    buffers: list[Buffer]
     message: str = ""
 
 
@@ -113,8 +114,8 @@ class TaskOutput(Message):
 class ObjectValue(Record):
     object_id: bytes
     status: str
-    data: bytes
-    buffers: list[bytes]
+    data: Buffer
+    buffers: list[Buffer]
     message: str = ""
 
 

@@ -7,6 +7,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from ..wire.messages import Buffer
+
 __all__ = ["ExecResult", "ExecTask", "PoolStatistics"]
 
 
@@ -14,13 +16,14 @@ __all__ = ["ExecResult", "ExecTask", "PoolStatistics"]
 class ExecTask:
     """One task for the pool. ``fn_payload`` (cloudpickle of the function) is sent to an
     executor only if that executor has not seen ``fn_id`` yet; ``pickle.loads(args,
-    buffers=buffers)`` gives ``(args, kwargs)``."""
+    buffers=buffers)`` gives ``(args, kwargs)``. Large ``args``/``buffers`` are memoryviews
+    of shared memory (:mod:`p2prt.worker._shm`), handed to the executor by descriptor."""
 
     task_id: int
     fn_id: bytes
     fn_payload: bytes
-    args: bytes
-    buffers: list[bytes] = field(default_factory=list)
+    args: Buffer
+    buffers: list[Buffer] = field(default_factory=list)
     timeout: float | None = None
 
 
@@ -33,8 +36,8 @@ class ExecResult:
 
     task_id: int
     status: str
-    data: bytes = b""
-    buffers: list[bytes] = field(default_factory=list)
+    data: Buffer = b""
+    buffers: list[Buffer] = field(default_factory=list)
     message: str = ""
 
 

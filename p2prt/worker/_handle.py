@@ -8,13 +8,15 @@ and an exit watcher. The pool owns the policy; this module only moves bytes and 
 
 from __future__ import annotations
 
+import array
 import os
+import socket
 from collections.abc import Callable
 from typing import Any
 
 import trio
 
-from ._execproto import FrameReader
+from ._execproto import ANCILLARY_SIZE, FrameReader, fds_from_ancillary, segments
 from ._exectypes import ExecTask
 
 __all__ = ["ExecutorHandle"]
@@ -36,7 +38,7 @@ class ExecutorHandle:
         self.chunks: list[set[int]] = []  # ids without a result, per chunk in flight
         self.last_progress = 0.0  # trio time of the last result (or first chunk sent)
         self.fns: set[bytes] = set()
-        self.outbox: list[bytes] = []
+        self.outbox: list[bytes] = []  # frames (SharedFrame: with descriptors)
         self.after_send: list[int] = []  # signals to send once the outbox is written
         self.wake = trio.lowlevel.ParkingLot()
         self.blocked = 0  # nested "get" requests waiting
@@ -100,31 +102,55 @@ class ExecutorHandle:
         while True:
             while not self.outbox:
                 await self.wake.park()
-            data = self.outbox[0] if len(self.outbox) == 1 else b"".join(self.outbox)
-            self.outbox.clear()
+            frames, self.outbox = self.outbox, []
             signals, self.after_send = self.after_send, []
             try:
-                await self.stream.send_all(data)
+                for data, fds in segments(frames):
+                    if fds:
+                        await self._send_with_fds(data, fds)
+                    else:
+                        await self.stream.send_all(data)
             except (trio.BrokenResourceError, trio.ClosedResourceError):
                 return  # the executor is gone; the watcher handles it
             for sig in signals:
                 self.signal(sig)
 
+    async def _send_with_fds(self, data: bytes | memoryview, fds: list[int]) -> None:
+        """Send ``data`` with the descriptors attached to its first byte."""
+        assert self.stream is not None
+        sock = self.stream.socket
+        ancillary = [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", fds))]
+        try:
+            sent = await sock.sendmsg([data], ancillary)
+        except OSError as exc:
+            raise trio.BrokenResourceError(str(exc)) from exc
+        if sent < len(data):
+            await self.stream.send_all(memoryview(data)[sent:])
+
     async def read_loop(self, on_frames: Callable[[ExecutorHandle, list[Any]], None]) -> None:
         """Call ``on_frames(self, messages)`` with the frames of each read until the stream
         ends; then set :attr:`eof`."""
         assert self.stream is not None
+        sock = self.stream.socket
         reader = FrameReader()
         try:
             while True:
                 try:
-                    data = await self.stream.receive_some(min(max(_RECV, reader.wanted), _MAX_RECV))
-                except (trio.BrokenResourceError, trio.ClosedResourceError):
-                    data = b""
+                    size = min(max(_RECV, reader.wanted), _MAX_RECV)
+                    data, ancillary, flags, _ = await sock.recvmsg(size, ANCILLARY_SIZE)
+                except (trio.BrokenResourceError, trio.ClosedResourceError, OSError):
+                    data, ancillary, flags = b"", [], 0
+                fds = fds_from_ancillary(ancillary)
+                if flags & socket.MSG_CTRUNC:
+                    self.fault = "it sent more descriptors than one read takes"
                 if not data:
+                    for fd in fds:
+                        os.close(fd)
                     return
-                reader.feed(data)
+                reader.feed(data, fds)
                 on_frames(self, reader.messages())
         finally:
+            reader.close()
             self.eof.set()
             self.changed.set()
+

@@ -30,6 +30,7 @@ guard against runaway tasks, not against a hostile one: use the sandbox for that
 from __future__ import annotations
 
 import _thread
+import array
 import os
 import pickle
 import signal
@@ -41,7 +42,8 @@ from collections import deque
 from typing import Any
 
 from ..errors import ConnectionClosedError, P2prtError
-from ._execproto import FrameReader, encode
+from ._execproto import ANCILLARY_SIZE, FrameReader, encode, encode_shared, fds_from_ancillary, segments
+from ._shm import SHM_MIN, SharedBuffer
 from ._taskio import TaskOutput, error_info
 
 __all__ = ["current_task_id", "in_executor", "main", "request"]
@@ -116,9 +118,12 @@ class _Executor:
     # ----------------------------------------------------------------- sending
 
     def send(self, frames: list[bytes]) -> None:
-        data = frames[0] if len(frames) == 1 else b"".join(frames)
         with self.send_lock:
-            self.sock.sendall(data)
+            for data, fds in segments(frames):
+                if fds:
+                    sent = self.sock.sendmsg([data], [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", fds))])
+                    data = memoryview(data)[sent:]
+                self.sock.sendall(data)
 
     def send_output(self, stream: str, text: str) -> None:
         main = threading.get_ident() == _MAIN
@@ -140,6 +145,8 @@ class _Executor:
 
     def encode_results(self, results: list[tuple[Any, ...]]) -> bytes:
         try:
+            if any(type(r[2]) is memoryview or any(type(b) is memoryview for b in r[3]) for r in results):
+                return encode_shared(("res", results))
             return encode(("res", results))
         except (ValueError, OverflowError, MemoryError):  # a result too large for one frame
             parts = [encode(("res", [r])) if _fits(r) else _too_large(r) for r in results]
@@ -152,13 +159,15 @@ class _Executor:
         while True:
             try:
                 size = min(max(_RECV, self.reader.wanted), _MAX_RECV)
-                data = self.sock.recv(size) if block else self.sock.recv(size, socket.MSG_DONTWAIT)
+                flags = 0 if block else socket.MSG_DONTWAIT
+                data, ancillary, _, _ = self.sock.recvmsg(size, ANCILLARY_SIZE, flags)
             except BlockingIOError:
                 return
+            fds = fds_from_ancillary(ancillary) if ancillary else []
             if not data:
                 self.eof = True
                 return
-            self.reader.feed(data)
+            self.reader.feed(data, fds)
             for msg in self.reader.messages():
                 self.accept(msg)
             if block:
@@ -356,9 +365,10 @@ class _Executor:
             args, kwargs = pickle.loads(data, buffers=buffers)
             loading = False
             value = fn(*args, **kwargs)
+            del args, kwargs
             out, bufs = self.dumps(value)
             self.in_task = False
-            return (tid, "ok", out, [pickle.PickleBuffer(memoryview(b).toreadonly()) for b in bufs])
+            return (tid, "ok", _share(out), [_share(b) for b in bufs])
         except KeyboardInterrupt as exc:
             self.in_task = False
             if self.cancel_requested:
@@ -380,6 +390,22 @@ class _Executor:
             fn = pickle.loads(fn)
             self.fns[fn_id] = fn
         return fn
+
+
+def _share(data: bytes | pickle.PickleBuffer) -> Any:
+    """A large payload goes to the worker through shared memory (one copy here, none in
+    the pipe); a small one is pickled into the frame."""
+    if isinstance(data, bytes):
+        if len(data) >= SHM_MIN:
+            return memoryview(SharedBuffer.copy_of(data))
+        return data
+    try:
+        raw = data.raw()
+    except BufferError:  # not contiguous: pickled as is
+        return data
+    if raw.nbytes >= SHM_MIN:
+        return memoryview(SharedBuffer.copy_of(raw))
+    return pickle.PickleBuffer(raw.toreadonly())
 
 
 def _fits(result: tuple[Any, ...]) -> bool:

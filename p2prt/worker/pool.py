@@ -48,7 +48,7 @@ import trio
 
 from ..errors import ConfigError, P2prtError
 from . import _spawn
-from ._execproto import encode
+from ._execproto import encode, encode_shared
 from ._exectypes import ExecResult, ExecTask, PoolStatistics
 from ._handle import ExecutorHandle
 
@@ -294,7 +294,9 @@ class ExecutorPool:
             ex.inflight[task.task_id] = task
             self._where[task.task_id] = ex
         ex.chunks.append({t.task_id for t in tasks})
-        ex.queue(encode(("run", [(t.task_id, t.fn_id, t.args, t.buffers) for t in tasks])))
+        run = ("run", [(t.task_id, t.fn_id, t.args, t.buffers) for t in tasks])
+        shared = any(type(t.args) is not bytes or any(type(b) is not bytes for b in t.buffers) for t in tasks)
+        ex.queue(encode_shared(run) if shared else encode(run))
         timeout = tasks[0].timeout
         if len(tasks) == 1 and timeout is not None and self._nursery is not None:
             ex.timed_task = tasks[0].task_id
@@ -529,7 +531,7 @@ class ExecutorPool:
             value = P2prtError("the task ended before its nested request was answered")
         if not ex.dead:
             try:
-                frame = encode(("rep", rid, ok, value))
+                frame = encode_shared(("rep", rid, ok, value))
             except Exception as exc:
                 frame = encode(("rep", rid, False, P2prtError(f"the worker's answer cannot be pickled: {exc}")))
             ex.queue(frame)

@@ -35,13 +35,14 @@ from ..errors import P2prtError
 from ..identity.certificate import NodeIdentity
 from ..identity.keys import SshPublicKey
 from ..identity.known_boards import KnownBoards
-from ..transport import MessageChannel, NoiseStream, Outbox, serve_secure
+from ..transport import DEFAULT_MAX_ATTACHMENT_BYTES, MessageChannel, NoiseStream, Outbox, serve_secure
 from ..transport.replies import Replies
 from ..wire import board as bm
 from ..wire import peer as pm
 from ..wire.control import ErrorReply
 from ..wire.handshake import local_versions
 from ..wire.messages import Message
+from ._shm import allocate as shared_memory
 from .pool import ExecResult, ExecTask, ExecutorPool
 
 __all__ = ["WorkerServer", "WorkerConfig"]
@@ -222,7 +223,9 @@ class WorkerServer:
         return None
 
     async def _serve_client(self, stream: NoiseStream) -> None:
-        conn = _ClientConn(MessageChannel(stream))
+        conn = _ClientConn(
+            MessageChannel(stream, max_attachment_bytes=DEFAULT_MAX_ATTACHMENT_BYTES, allocate=shared_memory)
+        )
         peer = bytes(stream.peer.peer_id)
         old = self._clients.get(peer)
         self._clients[peer] = conn
@@ -334,7 +337,7 @@ class WorkerServer:
             if reason is not None and status == "cancelled":
                 status, message = "revoked", f"the lease was revoked: {reason}"
             per_conn.setdefault(conn, []).append(
-                pm.TaskResult(entry[0], status, r.data, [bytes(b) for b in r.buffers], message)
+                pm.TaskResult(entry[0], status, r.data, r.buffers, message)
             )
         for conn, items in per_conn.items():
             conn.enqueue(pm.TaskResults(items))

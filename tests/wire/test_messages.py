@@ -37,6 +37,7 @@ from p2prt.wire.messages import (
     INT_MAX,
     INT_MIN,
     MAX_NESTING,
+    Buffer,
     Message,
     Record,
     decode_message,
@@ -94,6 +95,8 @@ def strategy_for(tp: Any) -> st.SearchStrategy[Any]:
         return st.text(max_size=40)
     if tp is bytes:
         return st.binary(max_size=40)
+    if tp == Buffer:
+        return st.binary(max_size=40) | st.binary(max_size=40).map(bytearray) | st.binary(max_size=40).map(memoryview)
     if tp is Any:
         return PLAIN
     if isinstance(tp, type) and issubclass(tp, Record):
