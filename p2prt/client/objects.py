@@ -15,10 +15,12 @@ import os
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 from ..serialization import loads
-from ..wire.messages import Buffer
+
+if TYPE_CHECKING:
+    from ..wire.messages import Buffer
 
 __all__ = ["ObjectRef", "ObjectStore", "Stored", "Failed", "new_object_id"]
 
@@ -212,7 +214,7 @@ class ObjectStore:
         result = entry.future.result()
         if isinstance(result, Failed):
             raise result.make()
-        value = loads(result.data, result.buffers)
+        value = loads(readable(result.data), [readable(b) for b in result.buffers])
         entry.value = value
         entry.has_value = True
         return value
@@ -225,3 +227,8 @@ class ObjectStore:
         with self._lock:
             self._apply_releases()
             return len(self._entries)
+
+
+def readable(buf: Buffer) -> bytes | bytearray | memoryview:
+    """A payload buffer as memory (an external buffer is mapped)."""
+    return buf if isinstance(buf, (bytes, bytearray, memoryview)) else buf.view()

@@ -63,7 +63,7 @@ from ..transport._errors import unwrap_single_group
 from ..wire import board as bm
 from ..wire import peer as pm
 from ..wire.handshake import local_versions
-from ..wire.messages import Buffer, Message
+from ..wire.messages import Buffer, Message, readable
 from .connection import ClientLease, WorkerConnection
 from .failures import task_error_from_info
 from .objects import Failed, ObjectRef, ObjectStore, Stored, new_object_id
@@ -672,7 +672,7 @@ class ClientRuntime:
         def make() -> BaseException:
             # Unpickled by the thread that calls get, never by the runtime thread.
             try:
-                info = pickle.loads(data)
+                info = pickle.loads(readable(data))
             except Exception as exc:
                 return P2prtError(f"task {name} failed on {worker} and its error could not be read: {exc}")
             return task_error_from_info(info, name=name, worker=worker, fn=fn)

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ..errors import ConfigError
-from ..wire.messages import Buffer
+
+if TYPE_CHECKING:
+    from ..wire.messages import Buffer
 
 __all__ = ["TaskOptions", "Task", "Shape", "Inline"]
 
@@ -75,7 +77,9 @@ class Inline:
         import pickle
 
         from ..serialization import loads
+        from .objects import readable as _readable
 
         # Buffers stay out of band in the enclosing pickle (protocol 5).
-        data = self.data if type(self.data) is bytes else pickle.PickleBuffer(self.data)
-        return (loads, (data, [pickle.PickleBuffer(b) for b in self.buffers]))
+        data = self.data if type(self.data) is bytes else pickle.PickleBuffer(_readable(self.data))
+        return (loads, (data, [pickle.PickleBuffer(_readable(b)) for b in self.buffers]))
+

@@ -253,19 +253,20 @@ class NoiseStream(trio.abc.Stream):
                     if size <= len(buffer) - got:
                         self._recv_cipher.decrypt_into(frame, buffer[got : got + size])
                         got += size
+                        self.bytes_received += size
                     else:
                         plain = self._recv_cipher.decrypt(frame)
                         take = len(buffer) - got
                         buffer[got:] = plain[:take]
                         got += take
                         self._plain, self._plain_pos = plain, take
+                        self.bytes_received += len(plain)
                 except ProtocolError as exc:
                     self._recv_broken = exc
                     raise
                 finally:
                     del frame
                 self._rstart += size + TAG_SIZE + NOISE_HEADER.size
-            self.bytes_received += got
             if not waited:
                 await trio.lowlevel.checkpoint()
             return got

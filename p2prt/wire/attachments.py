@@ -19,6 +19,7 @@ buffer or a CBOR document. A connection that allows no attachments
 
 from __future__ import annotations
 
+import abc
 import struct
 from collections.abc import Callable
 from typing import Any
@@ -26,15 +27,33 @@ from typing import Any
 from ..errors import FrameTooLargeError, MalformedFrameError, TruncatedFrameError
 from .frames import FRAME_HEADER
 
-__all__ = ["MessageDecoder", "encode_parts", "MAX_ATTACHMENTS", "ATTACHED_FLAG", "Allocator"]
+__all__ = ["MessageDecoder", "encode_parts", "MAX_ATTACHMENTS", "ATTACHED_FLAG", "Allocator", "AttachmentSink"]
 
 ATTACHED_FLAG = 0x8000_0000
 MAX_ATTACHMENTS = 4096
 _COUNT = struct.Struct(">H")
 _SIZE = struct.Struct(">Q")
 
+
+
+class AttachmentSink(abc.ABC):
+    """Where an attachment goes when not into memory of this process: bytes arrive in
+    order through :meth:`write`; :meth:`finish` returns what the message will hold."""
+
+    __slots__ = ()
+
+    @abc.abstractmethod
+    def write(self, data: memoryview) -> None: ...
+
+    @abc.abstractmethod
+    def finish(self) -> Any: ...
+
+
 Allocator = Callable[[int], Any]
-"""Returns a writable buffer of exactly the given size for an incoming attachment."""
+"""For an incoming attachment of the given size: a writable buffer of exactly that size,
+or an :class:`AttachmentSink`."""
+
+_STAGING = 1 << 20  # bytes handed to a sink at a time
 
 _HEADER, _COUNT_STATE, _SIZES, _BODY = range(4)
 
@@ -81,8 +100,13 @@ class MessageDecoder:
         self._sizes: tuple[int, ...] = ()
         self._body = b""
         self._attachments: list[Any] = []
-        self._dest: memoryview | None = None
+        # The attachment being received: its size (0: none), how much arrived, and where
+        # it goes — a buffer (``_dest``) or a sink.
+        self._size = 0
         self._filled = 0
+        self._dest: memoryview | None = None
+        self._sink: AttachmentSink | None = None
+        self._staging: bytearray | None = None
         self._ready: list[tuple[bytes, list[Any]]] = []
 
     # -- input ------------------------------------------------------------------------
@@ -93,12 +117,15 @@ class MessageDecoder:
         view = memoryview(data).cast("B") if not isinstance(data, bytes) else memoryview(data)
         pos, end = 0, len(view)
         while pos < end:
-            dest = self._dest
-            if dest is not None:
-                take = min(end - pos, len(dest) - self._filled)
-                dest[self._filled : self._filled + take] = view[pos : pos + take]
+            if self._size:
+                take = min(end - pos, self._size - self._filled)
+                if self._sink is not None:
+                    self._sink.write(view[pos : pos + take])
+                else:
+                    assert self._dest is not None
+                    self._dest[self._filled : self._filled + take] = view[pos : pos + take]
                 pos += take
-                self.advance(take)
+                self._advance(take, written=True)
                 continue
             want = self._want
             if self._buf:
@@ -117,17 +144,34 @@ class MessageDecoder:
                 pos = end
 
     def attachment_view(self) -> memoryview | None:
-        """Where the next received bytes belong, when an attachment is being received."""
-        if self._dest is None:
+        """Where the next received bytes belong, when an attachment is being received
+        (for a sink: a staging buffer, passed on by :meth:`advance`)."""
+        if not self._size:
             return None
+        if self._sink is not None:
+            if self._staging is None:
+                self._staging = bytearray(_STAGING)
+            return memoryview(self._staging)[: min(_STAGING, self._size - self._filled)]
+        assert self._dest is not None
         return self._dest[self._filled :]
 
     def advance(self, n: int) -> None:
         """``n`` bytes were written into :meth:`attachment_view`."""
-        assert self._dest is not None and 0 <= n <= len(self._dest) - self._filled
+        self._advance(n, written=False)
+
+    def _advance(self, n: int, *, written: bool) -> None:
+        assert self._size and 0 <= n <= self._size - self._filled
+        if self._sink is not None and not written:
+            assert self._staging is not None
+            with memoryview(self._staging) as staged:
+                self._sink.write(staged[:n])
         self._filled += n
-        if self._filled == len(self._dest):
+        if self._filled == self._size:
+            if self._sink is not None:
+                self._attachments[-1] = self._sink.finish()
+                self._sink = None
             self._dest = None
+            self._size = 0
             self._next_attachment()
 
     # -- output -----------------------------------------------------------------------
@@ -139,7 +183,7 @@ class MessageDecoder:
 
     def check_eof(self) -> None:
         """At end of stream: raises :class:`TruncatedFrameError` if a frame is partial."""
-        if self._state != _HEADER or self._buf or self._dest is not None or self._attachments:
+        if self._state != _HEADER or self._buf or self._size or self._attachments:
             raise TruncatedFrameError("stream ended in the middle of a message frame")
 
     # -- the state machine -----------------------------------------------------------
@@ -192,10 +236,18 @@ class MessageDecoder:
             size = self._sizes[len(self._attachments)]
             buf = self._allocate(size)
             self._attachments.append(buf)
-            if size:
+            if isinstance(buf, AttachmentSink):
+                if not size:
+                    self._attachments[-1] = buf.finish()
+                    continue
+                self._sink = buf
+            else:
+                if not size:
+                    continue
                 self._dest = memoryview(buf).cast("B")
-                self._filled = 0
-                return
+            self._size = size
+            self._filled = 0
+            return
         self._ready.append((self._body, self._attachments))
         self._body = b""
         self._sizes = ()

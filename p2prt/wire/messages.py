@@ -21,6 +21,7 @@ message and field.
 
 from __future__ import annotations
 
+import abc
 import dataclasses
 import io
 import types
@@ -41,6 +42,8 @@ __all__ = [
     "encode_message_parts",
     "decode_message",
     "Buffer",
+    "ExternalBuffer",
+    "readable",
     "ATTACHMENT_TAG",
     "message_types",
     "MAX_NESTING",
@@ -49,8 +52,28 @@ __all__ = [
 MAX_NESTING = 32
 """Deepest nesting accepted inside an ``Any`` field."""
 
-Buffer: TypeAlias = bytes | bytearray | memoryview
+class ExternalBuffer(abc.ABC):
+    """Payload bytes kept outside this process's heap (e.g. a file in shared memory that
+    a worker hands on to an executor without reading it). A :data:`Buffer` field may hold
+    one; it is sent as an attachment, read through :meth:`view`."""
+
+    __slots__ = ()
+
+    @abc.abstractmethod
+    def __len__(self) -> int: ...
+
+    @abc.abstractmethod
+    def view(self) -> memoryview:
+        """The bytes, readable (e.g. mapped into memory)."""
+
+
+Buffer: TypeAlias = bytes | bytearray | memoryview | ExternalBuffer
 """Field type for payloads: kept as given, and sent as an attachment when large."""
+
+
+def readable(buf: Buffer) -> bytes | bytearray | memoryview:
+    """``buf`` as something the buffer protocol can read."""
+    return buf.view() if isinstance(buf, ExternalBuffer) else buf
 
 ATTACHMENT_TAG = 20530
 """CBOR tag of a reference to an attachment (its index) in a buffer field."""
@@ -117,7 +140,9 @@ class _Attach:
         self.min_size = min_size
         self.buffers: list[bytes | bytearray | memoryview] = []
 
-    def take(self, value: bytes | bytearray | memoryview) -> Any:
+    def take(self, value: Buffer) -> Any:
+        if isinstance(value, ExternalBuffer):
+            value = value.view()
         if len(value) < self.min_size:
             return value if type(value) is not memoryview else value.tobytes()
         self.buffers.append(value)
@@ -131,9 +156,11 @@ def _to_wire(value: Any, attach: _Attach | None) -> Any:
         return [_to_wire(v, attach) for v in value]
     if isinstance(value, dict):
         return {k: _to_wire(v, attach) for k, v in value.items()}
-    if isinstance(value, (bytes, bytearray, memoryview)):
+    if isinstance(value, (bytes, bytearray, memoryview, ExternalBuffer)):
         if attach is not None:
             return attach.take(value)
+        if isinstance(value, ExternalBuffer):
+            value = value.view()
         return value if type(value) is not memoryview else value.tobytes()
     return value
 
@@ -190,7 +217,7 @@ def _scalar(kind: type) -> _Check:
 
 
 def _check_buffer(value: Any, path: str) -> Any:
-    if isinstance(value, (bytes, bytearray, memoryview)):
+    if isinstance(value, (bytes, bytearray, memoryview, ExternalBuffer)):
         return value
     raise InvalidMessageError(f"{path}: expected bytes, got {_tname(value)}")
 

@@ -6,8 +6,9 @@ kind. Sans-IO: :func:`encode` makes bytes, :class:`FrameReader` turns received b
 into messages; neither touches a socket.
 
 Large payloads do not go through the pipe: :func:`encode_shared` pickles each
-:class:`~p2prt.worker._shm.SharedBuffer` (or a memoryview of one) as a reference, and the
-caller sends the buffers' descriptors with the frame (``SCM_RIGHTS``). Such a frame's
+:class:`~p2prt.worker._shm.MemoryFile` (or a memoryview of a mapped
+:class:`~p2prt.worker._shm.SharedBuffer`) as a reference, and the caller sends their
+descriptors with the frame (``SCM_RIGHTS``); the reader maps them. Such a frame's
 length word has its top bit set and is followed by a 2-byte count of descriptors; the
 reader takes that many from the descriptors received so far (they arrive no later than
 the frame's first byte) and maps them.
@@ -42,7 +43,7 @@ from collections import deque
 from dataclasses import dataclass
 from typing import Any
 
-from ._shm import SharedBuffer
+from ._shm import MemoryFile, SharedBuffer
 
 __all__ = ["MAX_FRAME", "FrameReader", "RemoteErrorInfo", "SharedFrame", "encode", "encode_shared", "segments", "MAX_FDS", "ANCILLARY_SIZE", "fds_from_ancillary"]
 
@@ -102,9 +103,14 @@ def encode(message: tuple[Any, ...]) -> bytes:
 class _SharedPickler(pickle.Pickler):
     def __init__(self, file: io.BytesIO) -> None:
         super().__init__(file, protocol=5)
-        self.shared: list[SharedBuffer] = []
+        self.shared: list[SharedBuffer | MemoryFile] = []
 
     def persistent_id(self, obj: Any) -> Any:
+        if isinstance(obj, MemoryFile):
+            if len(self.shared) < MAX_FDS:
+                self.shared.append(obj)
+                return ("shm", len(self.shared) - 1, len(obj))
+            return ("bytes", obj.view().tobytes())
         if type(obj) is memoryview:
             base = obj.obj
             if isinstance(base, SharedBuffer) and obj.nbytes == len(base) and len(self.shared) < MAX_FDS:
@@ -115,9 +121,9 @@ class _SharedPickler(pickle.Pickler):
 
 
 class SharedFrame(bytes):
-    """A frame and the shared buffers whose descriptors must go with its first byte."""
+    """A frame and the shared memory whose descriptors must go with its first byte."""
 
-    shared: list[SharedBuffer]
+    shared: list[SharedBuffer | MemoryFile]
 
 
 def segments(frames: list[bytes]) -> list[tuple[bytes | memoryview, list[int]]]:

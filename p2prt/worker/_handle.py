@@ -37,6 +37,7 @@ class ExecutorHandle:
         self.inflight: dict[int, ExecTask] = {}  # in send order
         self.chunks: list[set[int]] = []  # ids without a result, per chunk in flight
         self.last_progress = 0.0  # trio time of the last result (or first chunk sent)
+        self.progressed = False  # a result arrived since it last became busy
         self.fns: set[bytes] = set()
         self.outbox: list[bytes] = []  # frames (SharedFrame: with descriptors)
         self.after_send: list[int] = []  # signals to send once the outbox is written

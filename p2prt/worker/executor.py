@@ -43,7 +43,7 @@ from typing import Any
 
 from ..errors import ConnectionClosedError, P2prtError
 from ._execproto import ANCILLARY_SIZE, FrameReader, encode, encode_shared, fds_from_ancillary, segments
-from ._shm import SHM_MIN, SharedBuffer
+from ._shm import SHM_MIN, MemoryFile
 from ._taskio import TaskOutput, error_info
 
 __all__ = ["current_task_id", "in_executor", "main", "request"]
@@ -145,7 +145,7 @@ class _Executor:
 
     def encode_results(self, results: list[tuple[Any, ...]]) -> bytes:
         try:
-            if any(type(r[2]) is memoryview or any(type(b) is memoryview for b in r[3]) for r in results):
+            if any(type(r[2]) is MemoryFile or any(type(b) is MemoryFile for b in r[3]) for r in results):
                 return encode_shared(("res", results))
             return encode(("res", results))
         except (ValueError, OverflowError, MemoryError):  # a result too large for one frame
@@ -397,14 +397,14 @@ def _share(data: bytes | pickle.PickleBuffer) -> Any:
     the pipe); a small one is pickled into the frame."""
     if isinstance(data, bytes):
         if len(data) >= SHM_MIN:
-            return memoryview(SharedBuffer.copy_of(data))
+            return MemoryFile.holding(data)
         return data
     try:
         raw = data.raw()
     except BufferError:  # not contiguous: pickled as is
         return data
     if raw.nbytes >= SHM_MIN:
-        return memoryview(SharedBuffer.copy_of(raw))
+        return MemoryFile.holding(raw)
     return pickle.PickleBuffer(raw.toreadonly())
 
 

@@ -245,14 +245,18 @@ class ExecutorPool:
                 now = trio.current_time()
                 # A second chunk only to an executor that is churning through its first:
                 # one silent for PIPELINE_STALL seconds runs something long, and tasks
-                # queued behind it would wait while another slot may free up first.
+                # queued behind it would wait while another slot may free up first. So
+                # may one whose only task has just started: it has shown nothing yet.
                 ready = [
                     ex
                     for ex in self._executors
                     if ex.runnable
                     and ex.timed_task is None
                     and len(ex.chunks) < MAX_CHUNKS_IN_FLIGHT
-                    and (not ex.chunks or now - ex.last_progress < PIPELINE_STALL)
+                    and (
+                        not ex.chunks
+                        or (now - ex.last_progress < PIPELINE_STALL and (ex.progressed or len(ex.chunks[0]) > 1))
+                    )
                 ]
                 if not ready:
                     break
@@ -286,6 +290,7 @@ class ExecutorPool:
     def _send_chunk(self, ex: ExecutorHandle, tasks: list[ExecTask]) -> None:
         if not ex.chunks:
             ex.last_progress = trio.current_time()
+            ex.progressed = False
         for task in tasks:
             if task.fn_id not in ex.fns:
                 ex.outbox.append(encode(("fn", task.fn_id, task.fn_payload)))
@@ -443,6 +448,7 @@ class ExecutorPool:
         kind = msg[0]
         if kind == "res":
             ex.last_progress = trio.current_time()
+            ex.progressed = True
             for tid, status, data, buffers in msg[1]:
                 if self._finish(ex, tid):
                     results.append(ExecResult(tid, status, data, buffers))

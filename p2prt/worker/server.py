@@ -42,7 +42,7 @@ from ..wire import peer as pm
 from ..wire.control import ErrorReply
 from ..wire.handshake import local_versions
 from ..wire.messages import Message
-from ._shm import allocate as shared_memory
+from ._attach import allocate as shared_memory
 from .pool import ExecResult, ExecTask, ExecutorPool
 
 __all__ = ["WorkerServer", "WorkerConfig"]

@@ -127,3 +127,56 @@ async def test_clean_eof_returns_empty() -> None:
     await a.aclose()
     assert await b.receive_some() == b"x"
     assert await b.receive_some() == b""
+
+
+async def tcp_pair() -> tuple[NoiseStream, NoiseStream]:
+    listeners = await trio.open_tcp_listeners(0, host="127.0.0.1")
+    port = listeners[0].socket.getsockname()[1]
+    client = await trio.open_tcp_stream("127.0.0.1", port)
+    server = await listeners[0].accept()
+    await listeners[0].aclose()
+    return await _secure_pair(client, server)
+
+
+@pytest.mark.parametrize("make_pair", [memory_pair, tcp_pair])
+@pytest.mark.parametrize("into", [1, 1000, MAX_PLAINTEXT, 3 * MAX_PLAINTEXT + 1, 1 << 21])
+async def test_receive_into_decrypts_into_the_callers_buffer(make_pair: object, into: int) -> None:
+    a, b = await make_pair()  # type: ignore[operator]
+    data = os.urandom(2 * MAX_PLAINTEXT + 100)
+    parts = [b"head", memoryview(data), bytearray(b"tail")]
+    expected = b"head" + data + b"tail"
+    got = bytearray()
+    async with trio.open_nursery() as n:
+        n.start_soon(a.send_parts, parts)
+        buf = bytearray(into)
+        while len(got) < len(expected):
+            if len(got) % 2:
+                got += await b.receive_some()  # mixing both calls loses nothing
+                continue
+            k = await b.receive_into(memoryview(buf))
+            assert 0 < k <= into
+            got += buf[:k]
+    assert got == expected
+    assert b.bytes_received == a.bytes_sent == len(expected)
+    await a.aclose()
+    assert await b.receive_into(memoryview(bytearray(10))) == 0
+
+
+async def test_receive_into_reports_tampering_and_truncation() -> None:
+    a, b = await memory_pair()
+    ct = bytearray(a._send_cipher.encrypt(b"x" * 100))
+    ct[3] ^= 1
+    await a.transport_stream.send_all(len(ct).to_bytes(2, "big") + bytes(ct))
+    with pytest.raises(DecryptionError):
+        await b.receive_into(memoryview(bytearray(200)))
+    with pytest.raises(trio.BrokenResourceError):
+        await b.receive_into(memoryview(bytearray(200)))
+    a, b = await memory_pair()
+    await a.transport_stream.send_all(b"\x00\x05abc")
+    with pytest.raises(DecryptionError, match="shorter than its tag"):
+        await b.receive_into(memoryview(bytearray(200)))
+    a, b = await memory_pair()
+    await a.transport_stream.send_all(b"\x01\x00abc")
+    await a.transport_stream.aclose()
+    with pytest.raises(TruncatedFrameError):
+        await b.receive_into(memoryview(bytearray(200)))

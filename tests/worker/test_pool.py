@@ -3,6 +3,7 @@ cancellation, output, nested requests (slot lending), resource limits and the sa
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import os
 import pickle
@@ -22,6 +23,7 @@ import trio
 from p2prt.errors import ConfigError, P2prtError
 from p2prt.serialization import loads
 from p2prt.worker._execproto import FrameReader, RemoteErrorInfo, encode
+from p2prt.worker._shm import SHM_MIN, SharedBuffer
 from p2prt.worker.pool import ExecResult, ExecTask, ExecutorPool
 
 # The executors cannot import this test module: ship its functions by value.
@@ -291,6 +293,19 @@ async def test_a_slow_task_is_not_held_back_by_its_chunk(start_pool: StartPool) 
         assert (await h.result(blocker)).status == "cancelled"
 
 
+async def test_tasks_arriving_just_after_a_long_one_starts_go_to_the_idle_executor(start_pool: StartPool) -> None:
+    with trio.fail_after(10):
+        pool, h = await start_pool(2)
+        blocker = make_task(pid_then_sleep, 60)
+        pool.submit([blocker])
+        await h.printed(blocker)  # it has started, and no result has come from it
+        shorts = [make_task(double, i) for i in range(20)]
+        pool.submit(shorts)
+        assert [value(await h.result(t)) for t in shorts] == [2 * i for i in range(20)]
+        pool.cancel(blocker.task_id, force=True)
+        assert (await h.result(blocker)).status == "cancelled"
+
+
 async def test_kwargs_buffers_and_large_results(start_pool: StartPool) -> None:
     with trio.fail_after(10):
         pool, h = await start_pool(1)
@@ -302,6 +317,27 @@ async def test_kwargs_buffers_and_large_results(start_pool: StartPool) -> None:
         assert value(await h.result(t1)) == 42
         assert value(await h.result(t2)) == 5300
         assert value(await h.result(t3)) == b"x" * (8 << 20)
+
+
+async def test_large_payloads_go_through_shared_memory(start_pool: StartPool) -> None:
+    with trio.fail_after(20):
+        pool, h = await start_pool(1)
+        payload = os.urandom(2 * SHM_MIN + 3)
+        t = make_task(total_length, pickle.PickleBuffer(payload))
+        # As the worker's channel delivers them: received straight into shared memory.
+        shared = dataclasses.replace(t, buffers=[memoryview(SharedBuffer.copy_of(b)) for b in t.buffers])
+        big = make_task(big_result, 3 * SHM_MIN)
+        pool.submit([shared, big])
+        assert value(await h.result(shared)) == len(payload)
+        result = await h.result(big)
+        assert type(result.data) is bytes and len(result.data) < 1000  # the pickle, not the value
+        (buf,) = result.buffers
+        assert type(buf) is memoryview and isinstance(buf.obj, SharedBuffer)
+        assert value(result) == b"x" * (3 * SHM_MIN)
+        # The same shared argument can go out again (a task given back, or retried).
+        retry = dataclasses.replace(shared, task_id=next(_ids))
+        pool.submit([retry])
+        assert value(await h.result(retry)) == len(payload)
 
 
 async def test_exception_comes_back_with_its_traceback(start_pool: StartPool) -> None:
@@ -375,9 +411,11 @@ async def test_timeout_kills_and_replaces_the_executor(start_pool: StartPool) ->
 async def test_cancel_queued_in_flight_and_running(start_pool: StartPool) -> None:
     with trio.fail_after(10):
         pool, h = await start_pool(1)
-        running, in_flight, queued = make_task(pid_then_sleep, 60), make_task(double, 1), make_task(double, 2)
-        for t in (running, in_flight, queued):  # one chunk each; the third waits in the queue
-            pool.submit([t])
+        running, in_flight, extra = make_task(pid_then_sleep, 60), make_task(double, 1), make_task(double, 3)
+        # Chunks [running, in_flight] and [extra]: the executor has all it may hold.
+        pool.submit([running, in_flight, extra])
+        queued = make_task(double, 2)
+        pool.submit([queued])
         await h.printed(running)
         assert pool.statistics().queued == 1
         pool.cancel(queued.task_id)
@@ -386,6 +424,7 @@ async def test_cancel_queued_in_flight_and_running(start_pool: StartPool) -> Non
         pool.cancel(running.task_id)
         assert (await h.result(running)).status == "cancelled"
         assert (await h.result(in_flight)).status == "cancelled"
+        assert value(await h.result(extra)) == 6
         t = make_task(double, 4)
         pool.submit([t])
         assert value(await h.result(t)) == 8
