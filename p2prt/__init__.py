@@ -11,15 +11,45 @@
     print(sum(p2prt.get([square.remote(i) for i in range(100)])))
 
 Importing p2prt starts nothing; the runtime starts at ``init()`` or the first call.
+The API's modules load on first use of their names, so that the processes that only
+run the package's roles (``python -m p2prt worker``, executors) do not import them.
 """
 
+from typing import TYPE_CHECKING, Any
+
 from . import errors
-from ._api import ClusterInfo, cancel, get, init, is_initialized, put, shutdown, wait
-from ._remote import RemoteFunction, remote
-from .client.objects import ObjectRef
 from .errors import GetTimeoutError, ObjectLostError, P2prtError, TaskError, WorkerCrashedError
 
+if TYPE_CHECKING:
+    from ._api import ClusterInfo, cancel, get, init, is_initialized, put, shutdown, wait
+    from ._remote import RemoteFunction, remote
+    from .client.objects import ObjectRef
+
 __version__ = "0.1.0"
+
+_LAZY = {
+    **dict.fromkeys(
+        ("ClusterInfo", "cancel", "get", "init", "is_initialized", "put", "shutdown", "wait"), "p2prt._api"
+    ),
+    **dict.fromkeys(("RemoteFunction", "remote"), "p2prt._remote"),
+    "ObjectRef": "p2prt.client.objects",
+}
+
+if not TYPE_CHECKING:  # hidden from type checkers: a module __getattr__ would make any name valid
+
+    def __getattr__(name: str) -> Any:
+        module = _LAZY.get(name)
+        if module is None:
+            raise AttributeError(f"module 'p2prt' has no attribute {name!r}")
+        import importlib
+
+        value = getattr(importlib.import_module(module), name)
+        globals()[name] = value
+        return value
+
+    def __dir__() -> list[str]:
+        return sorted({*globals(), *_LAZY})
+
 
 __all__ = [
     "__version__",

@@ -79,20 +79,21 @@ def init(
                 assert _info is not None
                 return _info
             raise RuntimeUsageError("p2prt.init() was already called; call p2prt.shutdown() first")
-        from .client.runtime import ClientRuntime
-
         if cluster is None:
             from .client.embedded import EMBEDDED_USER, EmbeddedCluster
 
+            # The worker process starts first: its start-up overlaps the runtime's imports.
             emb = EmbeddedCluster(num_cpus)
-            runtime = ClientRuntime(
-                board_address="",
-                cluster=emb.cluster,
-                identity=emb.identity,
-                known_boards=emb.known_boards,
-                background=emb.start,
-            )
             try:
+                from .client.runtime import ClientRuntime
+
+                runtime = ClientRuntime(
+                    board_address="",
+                    cluster=emb.cluster,
+                    identity=emb.identity,
+                    known_boards=emb.known_boards,
+                    background=emb.start,
+                )
                 runtime.start()
             except BaseException:
                 emb.cleanup()
@@ -101,6 +102,7 @@ def init(
             info = ClusterInfo(emb.cluster, emb.address, EMBEDDED_USER, True)
         else:
             from .board.client import resolve_board_address
+            from .client.runtime import ClientRuntime
             from .identity import NodeIdentity, default_user_name, load_user_key
 
             address = resolve_board_address(board)

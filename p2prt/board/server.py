@@ -23,6 +23,7 @@ The board never sees task payloads: only who holds which lease, heartbeats and c
 from __future__ import annotations
 
 import logging
+import socket
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -104,8 +105,14 @@ class BoardServer:
     def fingerprint(self) -> str:
         return self.board_key.public.fingerprint
 
-    async def serve(self, *, task_status: trio.TaskStatus[int] = trio.TASK_STATUS_IGNORED) -> None:
-        """Listen and serve until cancelled; ``task_status.started(port)``."""
+    async def serve(
+        self,
+        *,
+        listen_socket: socket.socket | None = None,
+        task_status: trio.TaskStatus[int] = trio.TASK_STATUS_IGNORED,
+    ) -> None:
+        """Listen and serve until cancelled; ``task_status.started(port)``. ``listen_socket``
+        (bound and listening already) is served instead of the configured host and port."""
         try:
             async with trio.open_nursery() as nursery:
                 listeners = await nursery.start(
@@ -117,6 +124,7 @@ class BoardServer:
                         authorize=self._authorize,
                         handshake_timeout=self.config.handshake_timeout,
                         max_pending_handshakes=self.config.max_pending_handshakes,
+                        listen_socket=listen_socket,
                         task_status=task_status,
                     )
                 )

@@ -10,6 +10,7 @@ handler) is logged and closed; the listener keeps serving everyone else.
 from __future__ import annotations
 
 import logging
+import socket
 import time
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -86,15 +87,20 @@ async def serve_secure(
     handshake_timeout: float = HANDSHAKE_TIMEOUT,
     max_pending_handshakes: int = 1024,
     now: Callable[[], float] = time.time,
+    listen_socket: socket.socket | None = None,
     task_status: trio.TaskStatus[list[trio.SocketListener]] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     """Serve Noise connections on ``host:port`` until cancelled.
 
     ``task_status.started`` receives the listeners (read the bound port from
     ``listeners[0].socket.getsockname()``). ``handler`` owns the stream and should close
-    it; it is closed for it when the handler returns or fails.
+    it; it is closed for it when the handler returns or fails. ``listen_socket``, a
+    socket already bound and listening, is served instead of ``host:port``.
     """
-    listeners = await trio.open_tcp_listeners(port, host=host)
+    if listen_socket is not None:
+        listeners = [trio.SocketListener(trio.socket.from_stdlib_socket(listen_socket))]
+    else:
+        listeners = await trio.open_tcp_listeners(port, host=host)
     pending = trio.Semaphore(max_pending_handshakes)
 
     async def one(tcp: trio.SocketStream) -> None:
