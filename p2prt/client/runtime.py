@@ -650,6 +650,13 @@ class ClientRuntime:
                 self._on_task_error(task, r, conn)
             elif r.status in ("rejected", "revoked"):
                 task.attempts -= 1
+                if lease is not None and lease.active:
+                    # The worker no longer runs work under this lease (the board's revoke
+                    # may still be on its way): place nothing more on it.
+                    lease.active = False
+                    lease.draining = True
+                    if not lease.inflight:
+                        self._release(lease)
                 self._requeue(task)
             elif r.status == "cancelled":
                 self._finish(task, Failed(functools.partial(TaskCancelledError, f"task {task.name} was cancelled")))

@@ -246,10 +246,12 @@ class WorkerServer:
 
 
     def _on_client_message(self, conn: _ClientConn, stream: NoiseStream, msg: Message) -> None:
-        if isinstance(msg, (pm.SubmitTasks, pm.DefineFunction)) and not conn.leases:
+        if isinstance(msg, pm.DefineFunction) and not conn.leases:
             conn.enqueue(ErrorReply("NotMemberError", "present a lease ticket (Attach) before sending work", None))
             return
         if isinstance(msg, pm.SubmitTasks):
+            # Tasks under a lease this connection does not hold (never attached, revoked
+            # or detached) are each answered "rejected": the client places them again.
             self._submit(conn, msg.tasks)
         elif isinstance(msg, pm.DefineFunction):
             if len(conn.fns) >= MAX_FUNCTIONS or conn.fn_bytes + len(msg.payload) > MAX_FUNCTION_BYTES:
