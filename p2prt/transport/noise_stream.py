@@ -32,6 +32,7 @@ import errno
 import inspect
 import logging
 import operator
+import os
 import time
 from collections.abc import Awaitable, Callable, Sequence
 
@@ -43,7 +44,15 @@ from ..wire.cipher import MAX_NOISE_MESSAGE, MAX_PLAINTEXT, TAG_SIZE, CipherStat
 from ..wire.frames import NOISE_HEADER
 from ..wire.handshake import HandshakeState, NoiseHandshake, PeerInfo
 
-__all__ = ["NoiseStream", "noise_connect", "noise_accept", "Authorizer"]
+__all__ = [
+    "NoiseStream",
+    "noise_connect",
+    "noise_accept",
+    "Authorizer",
+    "NOWAIT_SENT",
+    "NOWAIT_PENDING",
+    "NOWAIT_REFUSED",
+]
 
 log = logging.getLogger(__name__)
 
@@ -53,6 +62,9 @@ _RECV_LARGE = 1 << 20  # ... grown to this once a large buffer is being received
 _SEND_BATCH = 1 << 20  # ciphertext written per transport send (at most)
 _SEND_BUFFER = _SEND_BATCH + MAX_NOISE_MESSAGE + 2
 
+NOWAIT_REFUSED, NOWAIT_SENT, NOWAIT_PENDING = 0, 1, 2
+"""Outcomes of :meth:`NoiseStream.send_nowait`."""
+
 Authorizer = Callable[[PeerInfo], str | Awaitable[str | None] | None]
 """Decides on an authenticated peer: ``None`` accepts, a string is the reason to refuse."""
 
@@ -60,19 +72,19 @@ Authorizer = Callable[[PeerInfo], str | Awaitable[str | None] | None]
 class _Conflict:
     """Raise BusyResourceError when two tasks use one direction at once."""
 
-    __slots__ = ("_held", "_what")
+    __slots__ = ("_what", "held")
 
     def __init__(self, what: str) -> None:
-        self._held = False
+        self.held = False
         self._what = what
 
     def __enter__(self) -> None:
-        if self._held:
+        if self.held:
             raise trio.BusyResourceError(f"another task is already {self._what} on this NoiseStream")
-        self._held = True
+        self.held = True
 
     def __exit__(self, *exc: object) -> None:
-        self._held = False
+        self.held = False
 
 
 class NoiseStream(trio.abc.Stream):
@@ -101,6 +113,7 @@ class NoiseStream(trio.abc.Stream):
         self._plain_pos = 0
         self._out = bytearray()  # ciphertext being assembled for one transport write
         self._opos = 0
+        self._pending = b""  # ciphertext left over by send_nowait, written first next time
         self._stage = bytearray(MAX_PLAINTEXT)  # small pieces gathered into one message
         self._send_conflict = _Conflict("sending")
         self._recv_conflict = _Conflict("receiving")
@@ -125,6 +138,8 @@ class NoiseStream(trio.abc.Stream):
             if self._send_broken:
                 raise trio.BrokenResourceError("NoiseStream is broken")
             try:
+                if self._pending:
+                    await self._send_pending()
                 sent = await self._send_parts(parts)
             except BaseException:
                 # A partial send (error or cancellation) desynchronises the cipher stream.
@@ -132,6 +147,61 @@ class NoiseStream(trio.abc.Stream):
                 raise
             if not sent:
                 await trio.lowlevel.checkpoint()
+
+    def send_nowait(self, parts: Sequence[bytes | bytearray | memoryview]) -> int:
+        """Try to send a small message (at most one Noise message) right now, without
+        waiting: saves a trip through the scheduler on the hot path.
+
+        Returns :data:`NOWAIT_SENT` (all handed to the kernel), :data:`NOWAIT_PENDING`
+        (encrypted and partly written, or the socket failed: the caller must
+        ``await flush()`` soon, which completes it or raises), or :data:`NOWAIT_REFUSED`
+        (nothing done — another send is in progress, the data is large or the transport
+        is not a socket: use :meth:`send_parts`)."""
+        if (
+            self._socket is None
+            or self._send_conflict.held
+            or self._pending
+            or self._closed
+            or self._send_broken
+        ):
+            return NOWAIT_REFUSED
+        data = parts[0] if len(parts) == 1 else b"".join(parts)
+        if not 0 < len(data) <= MAX_PLAINTEXT:
+            return NOWAIT_REFUSED
+        ct = self._send_cipher.encrypt(data)
+        frame = NOISE_HEADER.pack(len(ct)) + ct
+        self.bytes_sent += len(data)
+        try:
+            n = os.write(self._socket.fileno(), frame)
+        except BlockingIOError:
+            n = 0
+        except OSError:
+            self._send_broken = True
+            return NOWAIT_PENDING
+        if n == len(frame):
+            return NOWAIT_SENT
+        self._pending = frame[n:]
+        return NOWAIT_PENDING
+
+    async def flush(self) -> None:
+        """Finish what :meth:`send_nowait` left pending (raises if the stream broke)."""
+        with self._send_conflict:
+            if self._closed:
+                raise trio.ClosedResourceError("NoiseStream was closed")
+            if self._send_broken:
+                raise trio.BrokenResourceError("NoiseStream is broken")
+            try:
+                await self._send_pending()
+            except BaseException:
+                self._send_broken = True
+                raise
+
+    async def _send_pending(self) -> None:
+        pending, self._pending = self._pending, b""
+        if pending:
+            await self.transport_stream.send_all(pending)
+        else:
+            await trio.lowlevel.checkpoint()
 
     async def _send_parts(self, parts: Sequence[bytes | bytearray | memoryview]) -> int:
         stage = self._stage

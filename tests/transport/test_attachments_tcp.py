@@ -79,3 +79,20 @@ async def test_many_messages_with_attachments_interleaved() -> None:
     stream = receiver.stream
     assert isinstance(stream, NoiseStream)
     assert stream.bytes_received == sender.stream.bytes_sent
+
+
+async def test_outbox_writes_at_once_when_idle_and_keeps_order_under_load() -> None:
+    from p2prt.transport import Outbox
+
+    sender, receiver = await channels(max_attachment_bytes=DEFAULT_MAX_ATTACHMENT_BYTES)
+    outbox = Outbox(sender)
+    outbox.put(pm.TaskOutput(1, "stdout", "first"))  # no writer task yet: written by put
+    assert await receiver.receive() == pm.TaskOutput(1, "stdout", "first")
+    msgs = [pm.TaskOutput(i, "stdout", "x" * 50_000) for i in range(200)]
+    async with trio.open_nursery() as n:
+        n.start_soon(outbox.run)
+        for m in msgs:
+            outbox.put(m)
+        got = [await receiver.receive() for _ in msgs]
+        n.cancel_scope.cancel()
+    assert got == msgs

@@ -180,3 +180,43 @@ async def test_receive_into_reports_tampering_and_truncation() -> None:
     await a.transport_stream.aclose()
     with pytest.raises(TruncatedFrameError):
         await b.receive_into(memoryview(bytearray(200)))
+
+
+async def test_send_nowait_writes_small_messages_at_once() -> None:
+    from p2prt.transport.noise_stream import NOWAIT_REFUSED, NOWAIT_SENT
+
+    a, b = await tcp_pair()
+    assert a.send_nowait([b"hel", b"lo"]) == NOWAIT_SENT
+    assert await b.receive_some() == b"hello"
+    assert a.send_nowait([os.urandom(MAX_PLAINTEXT + 1)]) == NOWAIT_REFUSED  # large: use send_parts
+    assert a.send_nowait([b""]) == NOWAIT_REFUSED
+    m, _ = await memory_pair()
+    assert m.send_nowait([b"x"]) == NOWAIT_REFUSED  # not a socket
+
+
+async def test_send_nowait_under_backpressure_keeps_order() -> None:
+    from p2prt.transport.noise_stream import NOWAIT_PENDING, NOWAIT_REFUSED
+
+    a, b = await tcp_pair()
+    chunk = os.urandom(MAX_PLAINTEXT)
+    sent = bytearray()
+    outcome = None
+    for _ in range(10_000):  # bounded: the socket buffers fill long before this
+        outcome = a.send_nowait([chunk])
+        if outcome != 1:
+            break
+        sent += chunk
+    assert outcome == NOWAIT_PENDING
+    sent += chunk
+    assert a.send_nowait([b"after"]) == NOWAIT_REFUSED  # something is pending
+    got = bytearray()
+
+    async def drain() -> None:
+        while len(got) < len(sent) + 5:
+            got.extend(await b.receive_some())
+
+    async with trio.open_nursery() as n:
+        n.start_soon(drain)
+        await a.flush()
+        await a.send_all(b"after")
+    assert got == sent + b"after"
