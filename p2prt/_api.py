@@ -158,11 +158,8 @@ def current_runtime() -> _Runtime:
 
 
 def _check_not_in_trio(what: str) -> None:
-    try:
-        import trio
-
-        trio.lowlevel.current_trio_token()
-    except (ImportError, RuntimeError):
+    trio = sys.modules.get("trio")  # not imported: certainly not inside trio
+    if trio is None or not trio.lowlevel.in_trio_run():
         return
     raise RuntimeUsageError(
         f"p2prt.{what}() blocks, and this is inside a trio event loop: use `await ref` "
