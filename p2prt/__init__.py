@@ -21,7 +21,7 @@ from . import errors
 from .errors import GetTimeoutError, ObjectLostError, P2prtError, TaskError, WorkerCrashedError
 
 if TYPE_CHECKING:
-    from ._api import ClusterInfo, cancel, get, init, is_initialized, put, shutdown, wait
+    from ._api import ClusterInfo, cancel, get, init, is_initialized, put, shutdown, stats, wait
     from ._remote import RemoteFunction, remote
     from .client.objects import ObjectRef
 
@@ -29,7 +29,8 @@ __version__ = "0.1.0"
 
 _LAZY = {
     **dict.fromkeys(
-        ("ClusterInfo", "cancel", "get", "init", "is_initialized", "put", "shutdown", "wait"), "p2prt._api"
+        ("ClusterInfo", "cancel", "get", "init", "is_initialized", "put", "shutdown", "stats", "wait"),
+        "p2prt._api",
     ),
     **dict.fromkeys(("RemoteFunction", "remote"), "p2prt._remote"),
     "ObjectRef": "p2prt.client.objects",
@@ -62,6 +63,7 @@ __all__ = [
     "wait",
     "put",
     "cancel",
+    "stats",
     "ObjectRef",
     "RemoteFunction",
     "ClusterInfo",

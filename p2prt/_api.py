@@ -14,7 +14,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from .errors import RuntimeUsageError
+from .errors import ConfigError, RuntimeUsageError
 
 __all__ = ["init", "shutdown", "is_initialized", "get", "wait", "put", "cancel", "current_runtime", "ClusterInfo"]
 
@@ -59,6 +59,7 @@ def init(
     key: str | None = None,
     user: str | None = None,
     ignore_reinit_error: bool = False,
+    large_object_threshold: int | None = None,
 ) -> ClusterInfo:
     """Connect to ``cluster`` ("owner/name") through its board, or, with no cluster,
     start the embedded local cluster (a board and ``num_cpus`` worker slots on loopback).
@@ -67,6 +68,11 @@ def init(
     key from ``key`` or the usual lookup (``p2prt id``). Raises
     :class:`~p2prt.errors.RuntimeUsageError` if already initialised (unless
     ``ignore_reinit_error``), and connection or authentication errors.
+
+    A task's value of at least ``large_object_threshold`` bytes (default 1 MiB, or
+    ``$P2PRT_LARGE_OBJECT_THRESHOLD``) stays on the worker that produced it: ``get``
+    fetches it from there, and a task on another worker that takes it as an argument
+    has that worker fetch it directly.
 
     >>> import p2prt
     >>> p2prt.init()                       # doctest: +SKIP
@@ -93,6 +99,7 @@ def init(
                     identity=emb.identity,
                     known_boards=emb.known_boards,
                     background=emb.start,
+                    hold_over=_hold_over(large_object_threshold),
                 )
                 runtime.start()
             except BaseException:
@@ -108,13 +115,45 @@ def init(
             address = resolve_board_address(board)
             name = user or default_user_name()
             identity = NodeIdentity.create(load_user_key(key), name)
-            runtime = ClientRuntime(board_address=address, cluster=cluster, identity=identity)
+            runtime = ClientRuntime(
+                board_address=address,
+                cluster=cluster,
+                identity=identity,
+                hold_over=_hold_over(large_object_threshold),
+            )
             runtime.start()
             info = ClusterInfo(cluster, address, name, False)
         _runtime, _info = runtime, info
         _old_switch = sys.getswitchinterval()
         sys.setswitchinterval(SWITCH_INTERVAL)
         return info
+
+
+def _hold_over(threshold: int | None) -> int:
+    if threshold is None:
+        text = os.environ.get("P2PRT_LARGE_OBJECT_THRESHOLD", "")
+        try:
+            threshold = int(text) if text else 1 << 20
+        except ValueError:
+            raise ConfigError(f"P2PRT_LARGE_OBJECT_THRESHOLD must be a number of bytes, not {text!r}") from None
+    if threshold < 0:
+        raise ConfigError("large_object_threshold must be >= 0 (0: never hold values on workers)")
+    return threshold
+
+
+def stats() -> dict[str, Any]:
+    """Bytes this process exchanged with each peer, by path, and the same counters of
+    every worker it is connected to: ``{"peers": {peer id: {"user", "sent": {path: n},
+    "received": {path: n}}}, "workers": {peer id: {...}}}``."""
+    runtime = current_runtime()
+    collect = getattr(runtime, "collect_traffic", None)
+    token = getattr(runtime, "_token", None)
+    if collect is None or token is None:
+        raise RuntimeUsageError("p2prt.stats() needs the runtime of a script (not of a task)")
+    import trio
+
+    result: dict[str, Any] = trio.from_thread.run(collect, trio_token=token)
+    return result
 
 
 def shutdown() -> None:

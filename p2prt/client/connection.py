@@ -19,7 +19,7 @@ from ..transport.replies import Replies
 from ..wire.board import LeaseTicket
 from ..wire.control import ErrorReply
 from ..wire.messages import Message
-from ..wire.peer import Attach, Attached
+from ..wire.peer import Attach, Attached, FetchedObjects, FetchObjects, ObjectValue, Stats, StatsRequest
 
 __all__ = ["WorkerConnection", "ClientLease"]
 
@@ -73,13 +73,33 @@ class WorkerConnection:
         self.host = reply.worker_host
         return reply
 
+    async def fetch(self, object_ids: list[bytes]) -> list[ObjectValue]:
+        """Values this worker holds for us."""
+        rid = self._replies.register()
+        self.enqueue(FetchObjects(rid, object_ids))
+        reply = await self._replies.wait(rid)
+        if isinstance(reply, ErrorReply):
+            raise P2prtError(f"worker {self.label} refused to hand over values: {reply.message}")
+        assert isinstance(reply, FetchedObjects)
+        return list(reply.values)
+
+    async def traffic(self) -> dict[str, Any]:
+        """The worker's byte counters (per peer and path)."""
+        rid = self._replies.register()
+        self.enqueue(StatsRequest(rid))
+        reply = await self._replies.wait(rid)
+        if isinstance(reply, ErrorReply):
+            raise P2prtError(f"worker {self.label}: {reply.message}")
+        assert isinstance(reply, Stats)
+        return dict(reply.report)
+
     async def writer(self) -> None:
         await self._outbox.run()
 
     async def reader(self) -> None:
         async for msg in self.channel:
-            if isinstance(msg, (Attached, ErrorReply)):
-                rid = msg.rid if isinstance(msg, Attached) else msg.request_id
+            if isinstance(msg, (Attached, ErrorReply, FetchedObjects, Stats)):
+                rid = msg.request_id if isinstance(msg, ErrorReply) else msg.rid
                 if self._replies.resolve(rid, msg):
                     continue
                 if isinstance(msg, ErrorReply):

@@ -22,7 +22,7 @@ from ..serialization import loads
 if TYPE_CHECKING:
     from ..wire.messages import Buffer
 
-__all__ = ["ObjectRef", "ObjectStore", "Stored", "Failed", "new_object_id"]
+__all__ = ["ObjectRef", "ObjectStore", "Stored", "Failed", "Held", "new_object_id"]
 
 _prefix = os.urandom(8)
 _counter = itertools.count(1)
@@ -41,6 +41,15 @@ class Stored:
 
     data: Buffer
     buffers: list[Buffer]
+
+
+@dataclass(frozen=True, slots=True)
+class Held:
+    """A value of ``size`` bytes kept by the worker that produced it (peer id ``holder``);
+    fetched from there when asked for."""
+
+    holder: bytes
+    size: int
 
 
 @dataclass(frozen=True, slots=True)
@@ -101,7 +110,7 @@ class _Entry:
     __slots__ = ("future", "has_value", "orphan", "value")
 
     def __init__(self) -> None:
-        self.future: concurrent.futures.Future[Stored | Failed] = concurrent.futures.Future()
+        self.future: concurrent.futures.Future[Stored | Failed | Held] = concurrent.futures.Future()
         self.value: Any = None
         self.has_value = False
         self.orphan = False  # no ref left: drop as soon as it resolves
@@ -119,6 +128,9 @@ class ObjectStore:
     def __init__(self) -> None:
         self._entries: dict[bytes, _Entry] = {}
         self._lock = threading.Lock()
+        # Called (lock held, any thread) when an entry whose value is held elsewhere is
+        # dropped: the holder may free it.
+        self.on_drop_held: Callable[[bytes, Held], None] | None = None
         self._holds: dict[bytes, int] = {}
         self._escaped: set[bytes] = set()
         self._released: collections.deque[bytes] = collections.deque()
@@ -158,9 +170,16 @@ class ObjectStore:
             if entry is None:
                 continue
             if entry.future.done():
-                del self._entries[object_id]
+                self._drop(object_id, entry)
             else:
                 entry.orphan = True
+
+    def _drop(self, object_id: bytes, entry: _Entry) -> None:
+        """Remove an entry; the caller holds ``self._lock``."""
+        del self._entries[object_id]
+        outcome = entry.future.result() if entry.future.done() else None
+        if isinstance(outcome, Held) and self.on_drop_held is not None:
+            self.on_drop_held(object_id, outcome)
 
     def create(self, object_id: bytes) -> None:
         with self._lock:
@@ -173,7 +192,7 @@ class ObjectStore:
                 entry = self._entries.setdefault(object_id, _Entry())
         return entry
 
-    def resolve(self, object_id: bytes, result: Stored | Failed) -> None:
+    def resolve(self, object_id: bytes, result: Stored | Failed | Held) -> None:
         """Set the outcome (first one wins; a late duplicate is ignored). An object whose
         refs are all gone is dropped instead."""
         entry = self._entries.get(object_id)
@@ -187,8 +206,13 @@ class ObjectStore:
         if entry.orphan or self._released:
             with self._lock:
                 self._apply_releases()
-                if entry.orphan and not self._holds.get(object_id) and object_id not in self._escaped:
-                    self._entries.pop(object_id, None)
+                if (
+                    entry.orphan
+                    and not self._holds.get(object_id)
+                    and object_id not in self._escaped
+                    and self._entries.get(object_id) is entry
+                ):
+                    self._drop(object_id, entry)
 
     def put_value(self, object_id: bytes, value: Any, stored: Stored) -> None:
         entry = self._entry(object_id)
@@ -196,13 +220,31 @@ class ObjectStore:
         entry.has_value = True
         entry.future.set_result(stored)
 
-    def future(self, object_id: bytes) -> concurrent.futures.Future[Stored | Failed]:
+    def future(self, object_id: bytes) -> concurrent.futures.Future[Stored | Failed | Held]:
         return self._entry(object_id).future
+
+    def renew(self, object_id: bytes) -> None:
+        """Forget a held outcome whose holder lost it: the object is being rebuilt."""
+        with self._lock:
+            entry = self._entries.get(object_id)
+            if entry is not None and not entry.has_value:
+                fresh = _Entry()
+                fresh.orphan = entry.orphan
+                self._entries[object_id] = fresh
+
+    def set_value(self, object_id: bytes, value: Any) -> None:
+        """The value of a held object, once fetched."""
+        entry = self._entry(object_id)
+        entry.value = value
+        entry.has_value = True
+
+    def has_value(self, object_id: bytes) -> bool:
+        return self._entry(object_id).has_value
 
     def done(self, object_id: bytes) -> bool:
         return self._entry(object_id).future.done()
 
-    def outcome(self, object_id: bytes) -> Stored | Failed | None:
+    def outcome(self, object_id: bytes) -> Stored | Failed | Held | None:
         fut = self._entry(object_id).future
         return fut.result() if fut.done() else None
 
@@ -214,6 +256,8 @@ class ObjectStore:
         result = entry.future.result()
         if isinstance(result, Failed):
             raise result.make()
+        if isinstance(result, Held):
+            raise RuntimeError("a held value must be fetched before it is read")
         value = loads(readable(result.data), [readable(b) for b in result.buffers])
         entry.value = value
         entry.has_value = True

@@ -49,6 +49,7 @@ from ..board.link import BoardLink
 from ..errors import (
     GetTimeoutError,
     NoCompatibleWorkerError,
+    ObjectLostError,
     P2prtError,
     RuntimeUsageError,
     TaskCancelledError,
@@ -57,7 +58,8 @@ from ..errors import (
 )
 from ..identity.certificate import NodeIdentity, PeerId
 from ..identity.known_boards import KnownBoards
-from ..serialization import dumps, ship_by_value, ship_user_modules
+from ..serialization import dumps, loads, ship_by_value, ship_user_modules
+from ..serialization.held import HeldRef
 from ..transport import DEFAULT_MAX_ATTACHMENT_BYTES, MessageChannel, open_secure_stream
 from ..transport._errors import unwrap_single_group
 from ..wire import board as bm
@@ -66,7 +68,7 @@ from ..wire.handshake import local_versions
 from ..wire.messages import Buffer, Message, readable
 from .connection import ClientLease, WorkerConnection
 from .failures import task_error_from_info
-from .objects import Failed, ObjectRef, ObjectStore, Stored, new_object_id
+from .objects import Failed, Held, ObjectRef, ObjectStore, Stored, new_object_id
 from .tasks import Inline, Shape, Task, TaskOptions
 
 __all__ = ["ClientRuntime"]
@@ -74,6 +76,8 @@ __all__ = ["ClientRuntime"]
 log = logging.getLogger(__name__)
 
 LINGER = 1.0
+HOLD_OVER = 1 << 20
+"""Values of at least this many bytes stay on the worker that produced them."""
 """Seconds an idle lease is kept before it is returned to the board."""
 MAX_LEASES_PER_SHAPE = 256
 ALLOWED_CRASHES = 3
@@ -100,6 +104,7 @@ class ClientRuntime:
         output: Callable[[str, str], None] | None = None,
         linger: float = LINGER,
         background: Callable[[trio.Nursery], Awaitable[str]] | None = None,
+        hold_over: int = HOLD_OVER,
     ) -> None:
         self.board_address = board_address
         self.cluster = cluster
@@ -107,6 +112,7 @@ class ClientRuntime:
         self.store = ObjectStore()
         self.python = local_versions().python
         self.linger = linger
+        self.hold_over = hold_over
         self._known_boards = known_boards
         self._pin = pin
         self._output = output or _print_output
@@ -133,6 +139,13 @@ class ClientRuntime:
         self._board: BoardClient | None = None
         self._stop = threading.Event()
         self.stats = collections.Counter[str]()
+        # Values held by the workers that produced them: the task that made each (to
+        # rebuild it if its holder is lost), workers' addresses, and values to release.
+        self._lineage: dict[bytes, Task] = {}
+        self._peer_addrs: dict[bytes, list[bm.Address]] = {}
+        self._traffic: dict[bytes, list[Any]] = {}  # peer -> [user, sent, received] of closed connections
+        self._to_release: collections.deque[tuple[bytes, bytes]] = collections.deque()
+        self.store.on_drop_held = lambda oid, held: self._to_release.append((held.holder, oid))
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -263,7 +276,22 @@ class ClientRuntime:
                     fut.result(remaining)
                 except concurrent.futures.TimeoutError:
                     raise GetTimeoutError(f"get timed out after {timeout:g} s ({ref!r} not ready)") from None
+        self._load_held([ref.id for ref in refs])
         return [self.store.value(ref.id) for ref in refs]
+
+    def _load_held(self, object_ids: list[bytes]) -> None:
+        """Fetch (in the runtime thread) and unpickle (here) values held by workers."""
+        wanted = [
+            oid for oid in dict.fromkeys(object_ids)
+            if isinstance(self.store.outcome(oid), Held) and not self.store.has_value(oid)
+        ]
+        if not wanted:
+            return
+        assert self._token is not None
+        fetched = trio.from_thread.run(self._fetch_held, wanted, trio_token=self._token)
+        for oid, stored in fetched.items():
+            if isinstance(stored, Stored):
+                self.store.set_value(oid, loads(readable(stored.data), [readable(b) for b in stored.buffers]))
 
     def wait(
         self, refs: list[ObjectRef], num_returns: int, timeout: float | None
@@ -294,6 +322,8 @@ class ClientRuntime:
         fut = self.store.future(ref.id)
         if not fut.done():
             await self._wait_future(fut)
+        if isinstance(self.store.outcome(ref.id), Held):
+            await trio.to_thread.run_sync(self._load_held, [ref.id])
         return self.store.value(ref.id)
 
     @staticmethod
@@ -422,16 +452,32 @@ class ClientRuntime:
         lease.inflight.add(task.task_id)
         conn.inflight[task.task_id] = task
         return pm.TaskSpec(
-            task.task_id, lease.lease_id, task.fn_id, task.args, task.buffers, task.name, task.options.timeout
+            task.task_id,
+            lease.lease_id,
+            task.fn_id,
+            task.args,
+            task.buffers,
+            task.name,
+            task.options.timeout,
+            task.object_id,
+            self.hold_over,
+            task.fetch,
         )
 
     def _resolve_args(self, task: Task) -> tuple[bytes, list[Buffer]]:
         assert task.raw is not None
         args, kwargs = task.raw
 
+        task.fetch = []
+
         def sub(value: Any) -> Any:
             if isinstance(value, ObjectRef):
                 outcome = self.store.outcome(value.id)
+                if isinstance(outcome, Held):
+                    # The worker running the task fetches it from its holder.
+                    addrs = self._peer_addrs.get(outcome.holder, [])
+                    task.fetch.append(pm.HeldArg(value.id, outcome.holder, addrs))
+                    return HeldRef(value.id)
                 assert isinstance(outcome, Stored)
                 return Inline(outcome.data, outcome.buffers)
             return value
@@ -535,6 +581,8 @@ class ClientRuntime:
         self._place()
 
     async def _connection(self, peer: bytes, addrs: list[bm.Address]) -> WorkerConnection:
+        if addrs:
+            self._peer_addrs[peer] = list(addrs)
         conn = self._conns.get(peer)
         if conn is not None and not conn.closed:
             return conn
@@ -579,6 +627,10 @@ class ClientRuntime:
             log.info("connection to worker %s lost: %r", conn.label, group.exceptions[0])
         finally:
             conn.fail_pending()
+            stream = conn.channel.stream
+            counted = self._traffic.setdefault(conn.peer_id, [conn.name, 0, 0])
+            counted[1] += stream.bytes_sent
+            counted[2] += stream.bytes_received
             if self._conns.get(conn.peer_id) is conn:
                 del self._conns[conn.peer_id]
             self._connection_lost(conn)
@@ -646,6 +698,15 @@ class ClientRuntime:
             if r.status == "ok":
                 task.crashes_in_a_row = 0
                 self._finish(task, Stored(r.data, r.buffers))
+            elif r.status == "held":
+                task.crashes_in_a_row = 0
+                self._lineage[task.object_id] = task
+                self._finish(task, Held(conn.peer_id, r.size))
+            elif r.status == "lost":
+                task.attempts -= 1
+                task.args = None  # resolved again once the lost argument is rebuilt
+                self._rebuild(bytes(readable(r.data)), r.message)
+                self._admit(task)
             elif r.status == "error":
                 self._on_task_error(task, r, conn)
             elif r.status in ("rejected", "revoked"):
@@ -713,7 +774,91 @@ class ClientRuntime:
         task.lease_id = None
         self._queues[task.options.shape].appendleft(task)
 
-    def _finish(self, task: Task, outcome: Stored | Failed) -> None:
+    def _rebuild(self, object_id: bytes, why: str) -> None:
+        """A held value was lost with its holder: run the task that made it again
+        (within its retries), or fail the object with :class:`ObjectLostError`."""
+        if object_id in self._tasks or not isinstance(self.store.outcome(object_id), Held):
+            return  # already being rebuilt, or not held
+        producer = self._lineage.pop(object_id, None)
+        self.store.renew(object_id)
+        if producer is None or producer.cancelled or not producer.options.retries_left(producer.attempts):
+            name = producer.name if producer is not None else "its task"
+            text = f"the value of {name} was lost ({why}) and cannot be rebuilt: its retries are used up"
+            self.store.resolve(object_id, Failed(lambda: ObjectLostError(text)))
+            for dependent in self._waiting_on.pop(object_id, []):
+                if dependent.object_id in self._tasks:
+                    self._finish(dependent, Failed(lambda: ObjectLostError(text)))
+            return
+        self.stats["rebuilds"] += 1
+        self._tasks[object_id] = producer
+        self._requeue(producer)
+        self._place()
+
+    async def _fetch_held(self, object_ids: list[bytes]) -> dict[bytes, Stored | Failed]:
+        """Fetch values from the workers that hold them; a lost one is rebuilt (and
+        fetched again) or fails. Runs in the runtime thread; nothing is unpickled here."""
+        out: dict[bytes, Stored | Failed] = {}
+        pending = list(object_ids)
+        while pending:
+            by_holder: dict[bytes, list[bytes]] = {}
+            for oid in pending:
+                outcome = self.store.outcome(oid)
+                if outcome is None:
+                    await self._wait_future(self.store.future(oid))
+                    outcome = self.store.outcome(oid)
+                if isinstance(outcome, Held):
+                    by_holder.setdefault(outcome.holder, []).append(oid)
+                elif outcome is not None:
+                    out[oid] = outcome
+            pending = []
+            for holder, oids in by_holder.items():
+                try:
+                    conn = await self._connection(holder, self._peer_addrs.get(holder, []))
+                    values = await conn.fetch(oids)
+                except P2prtError as exc:
+                    values = [pm.ObjectValue(oid, "lost", b"", [], f"its holder is unreachable: {exc}") for oid in oids]
+                for value in values:
+                    if value.status == "ok":
+                        out[value.object_id] = Stored(value.data, list(value.buffers))
+                    else:
+                        self._rebuild(value.object_id, value.message)
+                        pending.append(value.object_id)
+        return out
+
+    def traffic_report(self) -> dict[str, Any]:
+        """Bytes exchanged with each peer, by path (runtime thread)."""
+        report: dict[str, Any] = {}
+        totals = {p: list(v) for p, v in self._traffic.items()}
+        for peer, conn in self._conns.items():
+            entry = totals.setdefault(peer, [conn.name, 0, 0])
+            entry[1] += conn.channel.stream.bytes_sent
+            entry[2] += conn.channel.stream.bytes_received
+        for peer, (user, sent, received) in totals.items():
+            report[str(PeerId(peer))] = {"user": user, "sent": {"direct": sent}, "received": {"direct": received}}
+        return report
+
+    async def collect_traffic(self) -> dict[str, Any]:
+        """This process's counters and those of every worker it is connected to."""
+        workers: dict[str, Any] = {}
+        for peer, conn in list(self._conns.items()):
+            try:
+                workers[str(PeerId(peer))] = await conn.traffic()
+            except P2prtError as exc:
+                workers[str(PeerId(peer))] = {"error": str(exc)}
+        return {"peers": self.traffic_report(), "workers": workers}
+
+    def _send_releases(self) -> None:
+        by_holder: dict[bytes, list[bytes]] = {}
+        while self._to_release:
+            holder, oid = self._to_release.popleft()
+            self._lineage.pop(oid, None)
+            by_holder.setdefault(holder, []).append(oid)
+        for holder, oids in by_holder.items():
+            conn = self._conns.get(holder)
+            if conn is not None and not conn.closed:
+                conn.enqueue(pm.ReleaseObjects(oids))
+
+    def _finish(self, task: Task, outcome: Stored | Failed | Held) -> None:
         self._tasks.pop(task.object_id, None)
         self.store.resolve(task.object_id, outcome)
         if isinstance(outcome, Failed):
@@ -768,8 +913,12 @@ class ClientRuntime:
                 fut = self.store.future(oid)
                 if not fut.done():
                     await self._wait_future(fut)
+        held = [oid for oid in msg.object_ids if isinstance(self.store.outcome(oid), Held)]
+        fetched = await self._fetch_held(held) if held else {}
         for oid in msg.object_ids:
-            outcome = self.store.outcome(oid)
+            outcome = fetched.get(oid) or self.store.outcome(oid)
+            if isinstance(outcome, Held):
+                outcome = None
             if outcome is None:
                 values.append(pm.ObjectValue(oid, "timeout", b"", [], "not ready before the timeout"))
             elif isinstance(outcome, Stored):
@@ -800,6 +949,7 @@ class ClientRuntime:
     async def _housekeeping(self) -> None:
         while True:
             await trio.sleep(min(0.25, self.linger / 2))
+            self._send_releases()
             now = trio.current_time()
             for lease in list(self._leases.values()):
                 if not lease.active or lease.inflight:

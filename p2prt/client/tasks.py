@@ -62,6 +62,7 @@ class Task:
     lease_id: str | None = None
     cancelled: bool = False
     crashes_in_a_row: int = 0
+    fetch: list[Any] = field(default_factory=list)  # pm.HeldArg of held arguments
 
 
 class Inline:

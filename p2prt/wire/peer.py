@@ -12,7 +12,10 @@ the CBOR); the worker never unpickles them itself — its executor subprocesses 
 
 from __future__ import annotations
 
-from .board import LeaseTicket
+from dataclasses import field
+from typing import Any
+
+from .board import Address, LeaseTicket
 from .messages import Buffer, Message, Record, message, record
 
 __all__ = [
@@ -31,6 +34,12 @@ __all__ = [
     "NestedGet",
     "NestedValues",
     "ObjectValue",
+    "HeldArg",
+    "FetchObjects",
+    "FetchedObjects",
+    "ReleaseObjects",
+    "StatsRequest",
+    "Stats",
 ]
 
 
@@ -63,7 +72,21 @@ class DefineFunction(Message):
 
 
 @record
+class HeldArg(Record):
+    """A task argument held by the worker that produced it (``holder``, a peer id, at
+    ``addresses``): the worker running the task fetches it from there."""
+
+    object_id: bytes
+    holder: bytes
+    addresses: list[Address]
+
+
+@record
 class TaskSpec(Record):
+    """``hold_over`` > 0: if the value is at least that many bytes, the worker keeps it
+    under ``object_id`` and answers ``held`` (the owner fetches it when needed);
+    ``fetch``: arguments to fetch from other workers before the task runs."""
+
     task_id: int
     lease_id: str
     fn_id: bytes
@@ -71,6 +94,9 @@ class TaskSpec(Record):
     buffers: list[Buffer]
     name: str
     timeout: float | None = None
+    object_id: bytes = b""
+    hold_over: int = 0
+    fetch: list[HeldArg] = field(default_factory=list)
 
 
 @message("peer.submit")
@@ -86,14 +112,17 @@ class CancelTask(Message):
 
 @record
 class TaskResult(Record):
-    """``status``: ``ok`` (data = pickled value), ``error`` (data = pickled exception
-    info), ``crashed`` (the executor died), ``timeout``, ``cancelled``, ``rejected``."""
+    """``status``: ``ok`` (data = pickled value), ``held`` (the worker keeps the value of
+    ``size`` bytes), ``lost`` (an argument could not be fetched: data = its object id),
+    ``error`` (data = pickled exception info), ``crashed`` (the executor died),
+    ``timeout``, ``cancelled``, ``rejected``."""
 
     task_id: int
     status: str
     data: Buffer
     buffers: list[Buffer]
     message: str = ""
+    size: int = 0
 
 
 @message("peer.results")
@@ -150,3 +179,39 @@ class NestedGet(Message):
 class NestedValues(Message):
     rid: int
     values: list[ObjectValue]
+
+
+@message("peer.fetch")
+class FetchObjects(Message):
+    """Ask a worker for values it holds (the owner, or a worker of the same cluster)."""
+
+    rid: int
+    object_ids: list[bytes]
+
+
+@message("peer.fetched")
+class FetchedObjects(Message):
+    """``status`` per value: ``ok``, or ``lost`` (not held here)."""
+
+    rid: int
+    values: list[ObjectValue]
+
+
+@message("peer.release")
+class ReleaseObjects(Message):
+    """The owner no longer needs these held values."""
+
+    object_ids: list[bytes]
+
+
+@message("peer.stats_request")
+class StatsRequest(Message):
+    rid: int
+
+
+@message("peer.stats")
+class Stats(Message):
+    """A worker's byte counters: ``{peer id: {"user", "sent": {path: n}, "received": {path: n}}}``."""
+
+    rid: int
+    report: dict[str, Any]

@@ -25,6 +25,7 @@ class ExecTask:
     args: Buffer
     buffers: list[Buffer] = field(default_factory=list)
     timeout: float | None = None
+    fetched: tuple[tuple[bytes, Buffer, list[Buffer]], ...] = ()  # held arguments' values
 
 
 @dataclass(frozen=True)

@@ -354,7 +354,8 @@ class _Executor:
         self.flush_results()
 
     def run(self, task: tuple[Any, ...]) -> tuple[Any, ...]:
-        tid, fn_id, data, buffers = task
+        tid, fn_id, data, buffers = task[:4]
+        fetched = task[4] if len(task) > 4 else ()
         self.current = tid
         if self.cpu_time_limit:
             _arm_cpu_limit(self.cpu_time_limit)
@@ -362,7 +363,16 @@ class _Executor:
         try:
             self.in_task = True
             fn = self.function(fn_id)
-            args, kwargs = pickle.loads(data, buffers=buffers)
+            if fetched:
+                from ..serialization import held
+
+                held.values = {oid: (d, b) for oid, d, b in fetched}
+                try:
+                    args, kwargs = pickle.loads(data, buffers=buffers)
+                finally:
+                    held.values = {}
+            else:
+                args, kwargs = pickle.loads(data, buffers=buffers)
             loading = False
             value = fn(*args, **kwargs)
             del args, kwargs

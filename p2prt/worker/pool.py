@@ -299,8 +299,10 @@ class ExecutorPool:
             ex.inflight[task.task_id] = task
             self._where[task.task_id] = ex
         ex.chunks.append({t.task_id for t in tasks})
-        run = ("run", [(t.task_id, t.fn_id, t.args, t.buffers) for t in tasks])
-        shared = any(type(t.args) is not bytes or any(type(b) is not bytes for b in t.buffers) for t in tasks)
+        run = ("run", [(t.task_id, t.fn_id, t.args, t.buffers, *((t.fetched,) if t.fetched else ())) for t in tasks])
+        shared = any(
+            t.fetched or type(t.args) is not bytes or any(type(b) is not bytes for b in t.buffers) for t in tasks
+        )
         ex.queue(encode_shared(run) if shared else encode(run))
         timeout = tasks[0].timeout
         if len(tasks) == 1 and timeout is not None and self._nursery is not None:

@@ -18,6 +18,7 @@ connection ends, its queued and running tasks are cancelled.
 from __future__ import annotations
 
 import collections
+import dataclasses
 import itertools
 import logging
 import os
@@ -32,7 +33,7 @@ import trio
 from ..board.client import BoardClient
 from ..board.link import BoardLink
 from ..errors import P2prtError
-from ..identity.certificate import NodeIdentity
+from ..identity.certificate import NodeIdentity, PeerId
 from ..identity.keys import SshPublicKey
 from ..identity.known_boards import KnownBoards
 from ..transport import DEFAULT_MAX_ATTACHMENT_BYTES, MessageChannel, NoiseStream, Outbox, serve_secure
@@ -43,6 +44,7 @@ from ..wire.control import ErrorReply
 from ..wire.handshake import local_versions
 from ..wire.messages import Message
 from ._attach import allocate as shared_memory
+from ._objects import HeldObjects, PeerTraffic, fetch_from, payload_size
 from .pool import ExecResult, ExecTask, ExecutorPool
 
 __all__ = ["WorkerServer", "WorkerConfig"]
@@ -78,6 +80,7 @@ class _ClientConn:
     held: dict[str, collections.deque[ExecTask]] = field(default_factory=dict)
     running: dict[str, int] = field(default_factory=dict)
     tasks: dict[int, tuple[int, str]] = field(default_factory=dict)  # pool id -> (client id, lease)
+    holds: dict[int, tuple[bytes, int]] = field(default_factory=dict)  # pool id -> (object id, hold_over)
     replies: Replies = field(default_factory=Replies)
     outbox: Outbox = field(init=False)
 
@@ -118,6 +121,9 @@ class WorkerServer:
         self._revoked_tasks: dict[int, str] = {}
         self._ids = itertools.count(1)
         self._owner: dict[int, _ClientConn] = {}
+        self.held = HeldObjects()
+        self.traffic: dict[bytes, PeerTraffic] = {}
+        self._nursery: trio.Nursery | None = None
         self._port = 0
         self._board: BoardClient | None = None
         # Tasks must not see the worker owner's secrets.
@@ -136,6 +142,7 @@ class WorkerServer:
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         async with trio.open_nursery() as nursery:
+            self._nursery = nursery
             # Executors start while we listen and register: tasks that arrive first wait
             # in the pool's queue (a start-up failure still ends the worker).
             nursery.start_soon(self.pool.run)
@@ -236,8 +243,10 @@ class WorkerServer:
                     self._on_client_message(conn, stream, msg)
                 nursery.cancel_scope.cancel()
         finally:
+            self._count_traffic(peer, stream.peer.user, "direct", stream.bytes_sent, stream.bytes_received)
             if self._clients.get(peer) is conn:
                 del self._clients[peer]
+                self.held.drop_owner(peer)
             for pool_id in list(conn.tasks):
                 self.pool.cancel(pool_id, force=True)
                 self._owner.pop(pool_id, None)
@@ -280,6 +289,13 @@ class WorkerServer:
                     else:
                         self.pool.cancel(pool_id, force=msg.force)
                     break
+        elif isinstance(msg, pm.FetchObjects):
+            assert self._nursery is not None
+            self._nursery.start_soon(self._serve_fetch, conn, stream, msg)
+        elif isinstance(msg, pm.StatsRequest):
+            conn.enqueue(pm.Stats(msg.rid, self.traffic_report()))
+        elif isinstance(msg, pm.ReleaseObjects):
+            self.held.release(bytes(stream.peer.peer_id), msg.object_ids)
         elif isinstance(msg, (pm.NestedSubmitted, pm.NestedValues, ErrorReply)):
             rid = msg.request_id if isinstance(msg, ErrorReply) else msg.rid
             conn.replies.resolve(rid, msg)
@@ -300,7 +316,13 @@ class WorkerServer:
             pool_id = next(self._ids)
             conn.tasks[pool_id] = (spec.task_id, spec.lease_id)
             self._owner[pool_id] = conn
+            if spec.hold_over > 0 and spec.object_id:
+                conn.holds[pool_id] = (spec.object_id, spec.hold_over)
             task = ExecTask(pool_id, spec.fn_id, payload, spec.args, list(spec.buffers), spec.timeout)
+            if spec.fetch:
+                assert self._nursery is not None
+                self._nursery.start_soon(self._fetch_then_submit, conn, spec, task)
+                continue
             if conn.leases[spec.lease_id].num_cpus > 1:
                 # The board counted num_cpus slots for this lease: never run two of its
                 # tasks at once. (1-CPU leases need no bookkeeping: the pool has one
@@ -338,6 +360,12 @@ class WorkerServer:
             reason = self._revoked_tasks.pop(r.task_id, None)
             if reason is not None and status == "cancelled":
                 status, message = "revoked", f"the lease was revoked: {reason}"
+            hold = conn.holds.pop(r.task_id, None)
+            if status == "ok" and hold is not None and payload_size(r.data, r.buffers) >= hold[1]:
+                owner = bytes(conn.channel.peer.peer_id)
+                size = self.held.keep(hold[0], owner, r.data, r.buffers)
+                per_conn.setdefault(conn, []).append(pm.TaskResult(entry[0], "held", b"", [], "", size))
+                continue
             per_conn.setdefault(conn, []).append(
                 pm.TaskResult(entry[0], status, r.data, r.buffers, message)
             )
@@ -345,6 +373,84 @@ class WorkerServer:
             conn.enqueue(pm.TaskResults(items))
         if self._board is not None:
             self._board.busy = len(self._owner)
+
+    # -- held values
+
+    def _count_traffic(self, peer: bytes, user: str, path: str, sent: int, received: int) -> None:
+        self.traffic.setdefault(peer, PeerTraffic(user)).add(path, sent, received)
+
+    def traffic_report(self) -> dict[str, Any]:
+        """Bytes exchanged per peer and path, live connections included."""
+        report = {str(PeerId(p)): t.as_dict() for p, t in self.traffic.items()}
+        for peer, conn in self._clients.items():
+            entry = report.setdefault(str(PeerId(peer)), PeerTraffic(conn.channel.peer.user).as_dict())
+            stream = conn.channel.stream
+            entry["sent"]["direct"] = entry["sent"].get("direct", 0) + stream.bytes_sent
+            entry["received"]["direct"] = entry["received"].get("direct", 0) + stream.bytes_received
+        return report
+
+    async def _serve_fetch(self, conn: _ClientConn, stream: NoiseStream, msg: pm.FetchObjects) -> None:
+        """Values for their owner, or for a worker of this cluster running a task that
+        takes them as arguments."""
+        peer = bytes(stream.peer.peer_id)
+        owner_only = all((h := self.held.get(oid)) is None or h.owner == peer for oid in msg.object_ids)
+        if not owner_only and not await self._is_member(stream.peer.user):
+            conn.enqueue(ErrorReply("NotMemberError", f"{stream.peer.user} is not a member of {self.config.cluster}", msg.rid))
+            return
+        conn.enqueue(pm.FetchedObjects(msg.rid, [self.held.value(oid) for oid in msg.object_ids]))
+
+    async def _is_member(self, user: str) -> bool:
+        """Asked of the board each time: membership may have changed since we started."""
+        board = self._board
+        if board is None:
+            return False
+        try:
+            members = await board.call(lambda rid: bm.ClusterMembers(rid, self.config.cluster))
+        except P2prtError:
+            return False
+        return user in list(members)
+
+    async def _fetch_then_submit(self, conn: _ClientConn, spec: pm.TaskSpec, task: ExecTask) -> None:
+        """Fetch the task's held arguments (from this worker or their holders), then run it."""
+        fetched: list[tuple[bytes, Any, list[Any]]] = []
+        by_holder: dict[bytes, list[pm.HeldArg]] = {}
+        for arg in spec.fetch:
+            local = self.held.get(arg.object_id)
+            if local is not None:
+                fetched.append((arg.object_id, local.data, local.buffers))
+            else:
+                by_holder.setdefault(arg.holder, []).append(arg)
+        lost: bytes | None = None
+        reason = ""
+        for holder, args in by_holder.items():
+            try:
+                values = await fetch_from(
+                    self.identity,
+                    holder,
+                    list(args[0].addresses),
+                    [a.object_id for a in args],
+                    allocate=shared_memory,
+                    on_traffic=lambda p, path, s, r: self._count_traffic(p, "worker", path, s, r),
+                )
+            except P2prtError as exc:
+                lost, reason = args[0].object_id, f"its holder is unreachable: {exc}"
+                break
+            for value in values:
+                if value.status != "ok":
+                    lost, reason = value.object_id, value.message or "its holder no longer has it"
+                    break
+                fetched.append((value.object_id, value.data, list(value.buffers)))
+            if lost is not None:
+                break
+        if task.task_id not in conn.tasks:
+            return  # cancelled, or the client went away, meanwhile
+        if lost is not None:
+            self._owner.pop(task.task_id, None)
+            conn.tasks.pop(task.task_id, None)
+            conn.holds.pop(task.task_id, None)
+            conn.enqueue(pm.TaskResults([pm.TaskResult(spec.task_id, "lost", lost, [], f"an argument was lost: {reason}")]))
+            return
+        self.pool.submit([dataclasses.replace(task, fetched=tuple(fetched))])
 
     def _on_output(self, pool_id: int, stream: str, text: str) -> None:
         conn = self._owner.get(pool_id)
