@@ -45,7 +45,8 @@ operating system are mapped to this tree once, at the transport boundary
     ├── TransportError                  the connection itself
     │   ├── ConnectError                could not connect (refused, unreachable, timeout)
     │   ├── ConnectionLostError         the connection broke (reset, EOF while expected)
-    │   └── ConnectionClosedError       used after close, or closed cleanly by the peer
+    │   ├── ConnectionClosedError       used after close, or closed cleanly by the peer
+    │   └── DhtError                    the DHT node cannot serve the call (cannot bind, closed)
     └── BoardError                      the board's accounts and clusters refuse a request
         ├── InvalidNameError            a user or cluster name breaks the rule (says it)
         ├── UnknownUserError            no such user (names every unknown one)
@@ -115,6 +116,7 @@ __all__ = [
     "ConnectError",
     "ConnectionLostError",
     "ConnectionClosedError",
+    "DhtError",
     "BoardError",
     "InvalidNameError",
     "UnknownUserError",
@@ -317,6 +319,10 @@ class ConnectionLostError(TransportError):
 
 class ConnectionClosedError(TransportError):
     """The connection was closed: by us (and then used), or cleanly by the peer."""
+
+
+class DhtError(TransportError):
+    """The DHT node cannot serve the call: it cannot bind its UDP address, or it is closed."""
 
 
 class BoardError(P2prtError):
