@@ -24,7 +24,8 @@ For the runtime (board, worker, client):
   use ``serve=False``.
 - After connecting to the board: ``await node.publish_peer(listen_addrs, observed)``.
   To reach a leased worker: ``await node.find_peer(worker_peer_id)``; ``None`` means
-  ask the board. Pass ``allowed_user`` (the cluster's members) to refuse outsiders.
+  ask the board. Pass ``allowed`` (a certificate → bool check of user *and* SSH key
+  against the cluster's members) to refuse outsiders.
 - A large object's holder: ``await node.publish_location(object_id, size)``, and
   ``await node.remove_location(object_id)`` when it frees it. A fetcher:
   ``await node.find_location(object_id)`` then ``find_peer(location.holder)``.

@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from kademlia.storage import IStorage
 
 from ..errors import InvalidRecordError, ProtocolError, StaleRecordError
+from ..identity.certificate import NodeCertificate
 from ..wire.records import DhtRecord, decode_record, is_newer, verify_record
 
 __all__ = ["RecordStorage", "check_value", "MAX_ENTRIES"]
@@ -35,7 +36,7 @@ def check_value(
     value: object,
     *,
     now: float,
-    allowed_user: Callable[[str], bool] | None = None,
+    allowed: Callable[[NodeCertificate], bool] | None = None,
 ) -> DhtRecord:
     """Decode and verify ``value`` found or offered under ``key``.
 
@@ -45,7 +46,7 @@ def check_value(
     if not isinstance(value, bytes):
         raise InvalidRecordError(f"a DHT value is bytes, got {type(value).__name__}")
     rec = decode_record(value)
-    verify_record(rec, now=now, allowed_user=allowed_user)
+    verify_record(rec, now=now, allowed=allowed)
     if rec.key != key:
         raise InvalidRecordError(f"record for peer {rec.author.short} is stored under another key")
     return rec
@@ -64,12 +65,12 @@ class RecordStorage(IStorage):  # type: ignore[misc]  # kademlia has no type hin
     def __init__(
         self,
         *,
-        allowed_user: Callable[[str], bool] | None = None,
+        allowed: Callable[[NodeCertificate], bool] | None = None,
         now: Callable[[], float] = time.time,
         max_entries: int = MAX_ENTRIES,
     ) -> None:
         self._data: dict[bytes, _Entry] = {}
-        self._allowed_user = allowed_user
+        self._allowed = allowed
         self._now = now
         self._max = max_entries
         self.refused = 0
@@ -78,7 +79,7 @@ class RecordStorage(IStorage):  # type: ignore[misc]  # kademlia has no type hin
         """Keep ``value`` under ``key`` if it verifies and is newer; True when kept (or
         already held byte for byte)."""
         try:
-            rec = check_value(key, value, now=self._now(), allowed_user=self._allowed_user)
+            rec = check_value(key, value, now=self._now(), allowed=self._allowed)
             assert isinstance(value, bytes)
             current = self._live(key)
             if current is not None and not is_newer(rec, current.record):

@@ -40,7 +40,7 @@ from kademlia.network import Server
 from kademlia.node import Node
 
 from ..errors import DhtError, InvalidRecordError
-from ..identity.certificate import NodeIdentity
+from ..identity.certificate import NodeCertificate, NodeIdentity
 from ..wire.board import Address
 from ..wire.records import (
     DhtRecord,
@@ -132,14 +132,14 @@ class DhtNode:
         *,
         serve: bool,
         settings: DhtSettings,
-        allowed_user: Callable[[str], bool] | None,
+        allowed: Callable[[NodeCertificate], bool] | None,
     ) -> None:
         self.identity = identity
         self.serve = serve
         self.settings = settings
-        self._allowed_user = allowed_user
+        self._allowed = allowed
         self._thread = LoopThread(f"p2prt-dht-{identity.peer_id.short}")
-        self._storage = RecordStorage(allowed_user=allowed_user)
+        self._storage = RecordStorage(allowed=allowed)
         self._server = _Server(self._storage, settings, serve=serve)
         self._address: tuple[str, int] | None = None
         self._seq = 0
@@ -300,10 +300,10 @@ class DhtNode:
 
     async def _find(self, key: bytes, kind: type[DhtRecord]) -> DhtRecord | None:
         self._lookups += 1
-        allowed = self._allowed_user
+        allowed = self._allowed
 
         def check(value: object) -> DhtRecord:
-            rec = check_value(key, value, now=time.time(), allowed_user=allowed)
+            rec = check_value(key, value, now=time.time(), allowed=allowed)
             if not isinstance(rec, kind):
                 raise InvalidRecordError(f"expected a {kind.__name__}, got a {type(rec).__name__}")
             return rec
@@ -369,18 +369,21 @@ async def open_dht_node(
     bootstrap: Iterable[tuple[str, int]] = (),
     serve: bool = True,
     settings: DhtSettings | None = None,
-    allowed_user: Callable[[str], bool] | None = None,
+    allowed: Callable[[NodeCertificate], bool] | None = None,
 ) -> AsyncIterator[DhtNode]:
     """Run a DHT node on UDP ``host:port`` (an IP address, not ``0.0.0.0``; port 0 picks
     one) while the block runs.
 
     ``bootstrap``: addresses of running nodes (none for the first node, e.g. the
-    board's). ``serve=False``: client mode (see :mod:`p2prt.dht`). ``allowed_user``:
-    accept only records whose certificate names such a user (the cluster's members),
-    both when storing for others and in lookups. Raises :class:`DhtError` when it cannot
-    bind. An unreachable bootstrap is logged, not raised: call :meth:`DhtNode.bootstrap`.
+    board's). ``serve=False``: client mode (see :mod:`p2prt.dht`). ``allowed``:
+    called with each record's verified certificate; accept only records it approves —
+    check ``cert.user`` *and* ``cert.fingerprint`` against the cluster's members (a user
+    name alone can be claimed by anyone) — both when storing for others and in lookups.
+
+    Raises :class:`DhtError` when it cannot bind. An unreachable bootstrap is logged, not
+    raised: call :meth:`DhtNode.bootstrap` again later.
     """
-    node = DhtNode(identity, serve=serve, settings=settings or DhtSettings(), allowed_user=allowed_user)
+    node = DhtNode(identity, serve=serve, settings=settings or DhtSettings(), allowed=allowed)
     await node._start(host, port)
     try:
         async with trio.open_nursery() as nursery:

@@ -11,7 +11,7 @@ record on its own, with no connection to its author:
 1. its encoding is at most :data:`MAX_RECORD_BYTES` (a Kademlia value travels in one UDP
    datagram, and ``rpcudp`` refuses requests over 8 KiB);
 2. the certificate is well-formed and names the peer the record speaks for (the
-   record's ``peer_id`` or ``holder``); optionally, its user is one the caller accepts;
+   record's ``peer_id`` or ``holder``); optionally, the caller accepts its user and key;
 3. the signature verifies with the certificate's node signing key over
    :meth:`signed_bytes` (a domain string, then the CBOR of every field but the signature);
 4. the certificate verifies (its SSH signature, its validity period);
@@ -268,13 +268,18 @@ def verify_record(
     rec: DhtRecord,
     *,
     now: float,
-    allowed_user: Callable[[str], bool] | None = None,
+    allowed: Callable[[NodeCertificate], bool] | None = None,
 ) -> NodeCertificate:
     """Check ``rec`` completely and return its (verified) certificate.
 
+    ``allowed`` is called with the verified certificate and says whether its author may
+    publish here: check the user *and* the SSH key (``cert.user``, ``cert.fingerprint``)
+    against the cluster's members, since anyone can certify a node for any user name
+    with their own key.
+
     Raises :class:`InvalidRecordError` (too large), a :class:`CertificateError` subclass
     (ill-formed, badly signed or expired certificate), :class:`RecordOwnerError` (the
-    certificate is another peer's, or ``allowed_user`` refuses its user),
+    certificate is another peer's, or ``allowed`` refuses it),
     :class:`BadRecordSignatureError` or :class:`RecordExpiredError` — all
     :class:`ProtocolError` subclasses.
     """
@@ -290,8 +295,10 @@ def verify_record(
     cert.verify(static_key=None, now=now)
     if now >= rec.expires:
         raise RecordExpiredError(f"record for peer {rec.author.short} expired {int(now - rec.expires)} s ago")
-    if allowed_user is not None and not allowed_user(cert.user):
-        raise RecordOwnerError(f"record for peer {rec.author.short} is signed for user {cert.user!r}, not allowed here")
+    if allowed is not None and not allowed(cert):
+        raise RecordOwnerError(
+            f"record for peer {rec.author.short} is signed for user {cert.user!r} ({cert.fingerprint}), not allowed here"
+        )
     return cert
 
 

@@ -145,8 +145,8 @@ async def test_observed_address(make_identity: MakeIdentity) -> None:
             assert await b.observed_address(a.address) == b.address
 
 
-async def test_allowed_user_filters_records(make_identity: MakeIdentity) -> None:
-    alice_only = {"allowed_user": lambda user: user == "alice"}
+async def test_allowed_filters_records(make_identity: MakeIdentity) -> None:
+    alice_only = {"allowed": lambda cert: cert.user == "alice"}
     with trio.fail_after(10):
         async with open_nodes([make_identity() for _ in range(3)], **alice_only) as nodes:
             bob = make_identity("bob")

@@ -21,7 +21,7 @@ from p2prt.errors import (
     RecordExpiredError,
     RecordOwnerError,
 )
-from p2prt.identity import NodeIdentity, SshKey, generate_ed25519
+from p2prt.identity import NodeCertificate, NodeIdentity, SshKey, generate_ed25519
 from p2prt.wire.board import Address
 from p2prt.wire.control import Ping
 from p2prt.wire.messages import encode_message
@@ -109,10 +109,25 @@ def test_record_never_outlives_its_certificate(keys: dict[str, SshKey]) -> None:
     assert rec.expires == T0 + 60
 
 
-def test_allowed_user_predicate(peer: PeerRecord) -> None:
-    verify_record(peer, now=T0, allowed_user=lambda user: user == "alice")
+def test_allowed_predicate(peer: PeerRecord) -> None:
+    verify_record(peer, now=T0, allowed=lambda cert: cert.user == "alice")
     with pytest.raises(RecordOwnerError, match="not allowed"):
-        verify_record(peer, now=T0, allowed_user=lambda user: user == "bob")
+        verify_record(peer, now=T0, allowed=lambda cert: cert.user == "bob")
+
+
+def test_allowed_checks_the_key_not_just_the_user_name(peer: PeerRecord, keys: dict[str, SshKey]) -> None:
+    # Mallory certifies a node for the user name "alice" with her own SSH key.
+    impostor = NodeIdentity.create(keys["mallory"], "alice", now=T0)
+    rec = PeerRecord.create(impostor, ADDRS, None, seq=1, ttl=60, now=T0)
+    members = {"alice": {keys["alice"].public.fingerprint}}
+
+    def allowed(cert: NodeCertificate) -> bool:
+        return cert.fingerprint in members.get(cert.user, set())
+
+    verify_record(peer, now=T0, allowed=allowed)
+    verify_record(rec, now=T0)  # a valid record on its own ...
+    with pytest.raises(RecordOwnerError, match="not allowed"):
+        verify_record(rec, now=T0, allowed=allowed)  # ... but not from a member's key
 
 
 # -- forgeries ------------------------------------------------------------------------

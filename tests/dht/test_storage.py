@@ -104,14 +104,14 @@ def test_expired_records_are_dropped_when_read(alice: NodeIdentity) -> None:
     assert not store.offer(rec.key, encode_record(rec))  # and refused when offered again
 
 
-def test_allowed_user(alice: NodeIdentity, make_identity: Callable[..., NodeIdentity]) -> None:
+def test_allowed(alice: NodeIdentity, make_identity: Callable[..., NodeIdentity]) -> None:
     bob = make_identity("bob", now=T0)
-    store = RecordStorage(now=Clock(), allowed_user=lambda user: user == "alice")
+    store = RecordStorage(now=Clock(), allowed=lambda cert: cert.user == "alice")
     a, b = peer(alice, 1), peer(bob, 1)
     assert store.offer(a.key, encode_record(a))
     assert not store.offer(b.key, encode_record(b))
     with pytest.raises(RecordOwnerError):
-        check_value(b.key, encode_record(b), now=T0, allowed_user=lambda user: user == "alice")
+        check_value(b.key, encode_record(b), now=T0, allowed=lambda cert: cert.user == "alice")
 
 
 def test_full_storage_refuses_new_keys(alice: NodeIdentity) -> None:
