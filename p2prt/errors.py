@@ -27,6 +27,11 @@ operating system are mapped to this tree once, at the transport boundary
     │   ├── UnknownMessageTypeError     a message type this side does not know
     │   ├── InvalidMessageError         a known type with a missing or ill-typed field
     │   ├── DecryptionError             a Noise message failed authentication (tampered)
+    │   ├── InvalidRecordError          a DHT record fails its checks (too large, wrong key, ill-formed)
+    │   │   ├── BadRecordSignatureError     not signed by the node signing key its certificate names
+    │   │   ├── RecordExpiredError          past its ``expires``
+    │   │   ├── StaleRecordError            an older ``seq`` than a record already held
+    │   │   └── RecordOwnerError            the certificate is not the named peer's, or its user is not allowed
     │   └── HandshakeError              the Noise handshake failed
     │       ├── CertificateError        the peer's node certificate is not acceptable
     │       │   ├── BadCertificateSignatureError
@@ -40,7 +45,8 @@ operating system are mapped to this tree once, at the transport boundary
     ├── TransportError                  the connection itself
     │   ├── ConnectError                could not connect (refused, unreachable, timeout)
     │   ├── ConnectionLostError         the connection broke (reset, EOF while expected)
-    │   └── ConnectionClosedError       used after close, or closed cleanly by the peer
+    │   ├── ConnectionClosedError       used after close, or closed cleanly by the peer
+    │   └── DhtError                    the DHT node cannot serve the call (cannot bind, closed)
     └── BoardError                      the board's accounts and clusters refuse a request
         ├── InvalidNameError            a user or cluster name breaks the rule (says it)
         ├── UnknownUserError            no such user (names every unknown one)
@@ -91,6 +97,11 @@ __all__ = [
     "UnknownMessageTypeError",
     "InvalidMessageError",
     "DecryptionError",
+    "InvalidRecordError",
+    "BadRecordSignatureError",
+    "RecordExpiredError",
+    "StaleRecordError",
+    "RecordOwnerError",
     "HandshakeError",
     "CertificateError",
     "BadCertificateSignatureError",
@@ -105,6 +116,7 @@ __all__ = [
     "ConnectError",
     "ConnectionLostError",
     "ConnectionClosedError",
+    "DhtError",
     "BoardError",
     "InvalidNameError",
     "UnknownUserError",
@@ -224,6 +236,30 @@ class DecryptionError(ProtocolError):
     """A Noise message failed authentication: it was tampered with or corrupted."""
 
 
+class InvalidRecordError(ProtocolError):
+    """A DHT record (:mod:`p2prt.wire.records`) is ill-formed, too large, or stored
+    under a key it does not belong to. A record whose certificate fails raises the
+    :class:`CertificateError` subclass instead."""
+
+
+class BadRecordSignatureError(InvalidRecordError):
+    """A DHT record's signature does not verify with the node signing key its
+    certificate names (forged or tampered)."""
+
+
+class RecordExpiredError(InvalidRecordError):
+    """A DHT record is past its ``expires`` time."""
+
+
+class StaleRecordError(InvalidRecordError):
+    """A DHT record has a lower ``seq`` than one already held for the same key."""
+
+
+class RecordOwnerError(InvalidRecordError):
+    """A DHT record's certificate belongs to another peer than the record names, or to a
+    user the caller does not accept (not a member of the cluster)."""
+
+
 class HandshakeError(ProtocolError):
     """The Noise handshake could not be completed."""
 
@@ -283,6 +319,10 @@ class ConnectionLostError(TransportError):
 
 class ConnectionClosedError(TransportError):
     """The connection was closed: by us (and then used), or cleanly by the peer."""
+
+
+class DhtError(TransportError):
+    """The DHT node cannot serve the call: it cannot bind its UDP address, or it is closed."""
 
 
 class BoardError(P2prtError):

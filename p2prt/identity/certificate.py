@@ -1,10 +1,16 @@
 """Node certificates and peer ids.
 
-Every process makes a fresh X25519 static key for Noise and a *node certificate*
-``{kind, user, ssh_public_key, node_static_key, expires}`` signed by the user's SSH key
-(or, for a board, by the board's identity key). The certificate travels in the Noise
-handshake; the receiver checks the signature, the expiry, and that it names the static
-key actually used in the handshake. The peer id is the SHA-256 of the static key.
+Every process makes a fresh X25519 static key for Noise, a fresh Ed25519 *node signing
+key*, and a *node certificate* ``{kind, user, ssh_public_key, node_static_key,
+node_signing_key, issued, expires}`` signed by the user's SSH key (or, for a board, by the
+board's identity key). The certificate travels in the Noise handshake; the receiver
+checks the signature, the expiry, and that it names the static key actually used in the
+handshake. The peer id is the SHA-256 of the static key.
+
+The SSH key signs once, at start-up (it may sit behind a passphrase or in an agent).
+Everything the node signs later — DHT records (:mod:`p2prt.wire.records`) — is signed
+with the node signing key (:meth:`NodeIdentity.sign`) and checked with
+:meth:`NodeCertificate.verify_node_signature`; X25519 cannot sign.
 """
 
 from __future__ import annotations
@@ -16,8 +22,9 @@ from dataclasses import dataclass
 from typing import Any
 
 import cbor2
+from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric import x25519
+from cryptography.hazmat.primitives.asymmetric import ed25519, x25519
 
 from ..errors import (
     BadCertificateSignatureError,
@@ -30,7 +37,7 @@ from .keys import SshKey, SshPublicKey
 
 __all__ = ["PeerId", "NodeCertificate", "NodeIdentity", "CERT_LIFETIME", "CLOCK_SKEW"]
 
-_CERT_DOMAIN = b"p2prt node certificate v1\x00"
+_CERT_DOMAIN = b"p2prt node certificate v2\x00"
 CERT_LIFETIME = 7 * 24 * 3600.0
 """Default certificate lifetime in seconds (a week; a process renews on restart)."""
 CLOCK_SKEW = 300.0
@@ -66,18 +73,28 @@ class PeerId(bytes):
 
 @dataclass(frozen=True)
 class NodeCertificate:
-    """A statement by an SSH key: "this Noise static key speaks for ``user``"."""
+    """A statement by an SSH key: "this Noise static key and this Ed25519 signing key
+    speak for ``user``"."""
 
     kind: str
     user: str
     ssh_public_key: str
     node_static_key: bytes
+    node_signing_key: bytes
     issued: int
     expires: int
     signature: bytes
 
     def signed_bytes(self) -> bytes:
-        body = [self.kind, self.user, self.ssh_public_key, self.node_static_key, self.issued, self.expires]
+        body = [
+            self.kind,
+            self.user,
+            self.ssh_public_key,
+            self.node_static_key,
+            self.node_signing_key,
+            self.issued,
+            self.expires,
+        ]
         return _CERT_DOMAIN + cbor2.dumps(body)
 
     @property
@@ -101,16 +118,29 @@ class NodeCertificate:
         signer: SshKey,
         user: str,
         node_static_key: bytes,
+        node_signing_key: bytes,
         *,
         kind: str = "user",
         lifetime: float = CERT_LIFETIME,
         now: float | None = None,
     ) -> NodeCertificate:
-        """Sign a certificate binding ``node_static_key`` to ``user`` with ``signer``."""
+        """Sign a certificate binding ``node_static_key`` (X25519, Noise) and
+        ``node_signing_key`` (Ed25519, raw 32 bytes) to ``user`` with ``signer``."""
         if kind not in KINDS:
             raise ValueError(f"kind must be one of {KINDS}")
+        if len(node_signing_key) != 32:
+            raise ValueError("node_signing_key is a raw 32-byte Ed25519 public key")
         t = time.time() if now is None else now
-        unsigned = cls(kind, user, signer.public.line, bytes(node_static_key), int(t), int(t + lifetime), b"")
+        unsigned = cls(
+            kind,
+            user,
+            signer.public.line,
+            bytes(node_static_key),
+            bytes(node_signing_key),
+            int(t),
+            int(t + lifetime),
+            b"",
+        )
         return cls(**{**unsigned.__dict__, "signature": signer.sign(unsigned.signed_bytes())})
 
     def verify(self, *, static_key: bytes | None, now: float) -> None:
@@ -134,12 +164,24 @@ class NodeCertificate:
                 f"certificate for {self.user!r} names another Noise static key than the one used in the handshake"
             )
 
+    def verify_node_signature(self, signature: bytes, data: bytes) -> bool:
+        """True when ``signature`` is the node signing key's Ed25519 signature of ``data``.
+
+        Only the key is checked here; call :meth:`verify` for the certificate itself.
+        """
+        try:
+            ed25519.Ed25519PublicKey.from_public_bytes(self.node_signing_key).verify(signature, data)
+        except (InvalidSignature, ValueError):
+            return False
+        return True
+
     def to_wire(self) -> list[Any]:
         return [
             self.kind,
             self.user,
             self.ssh_public_key,
             self.node_static_key,
+            self.node_signing_key,
             self.issued,
             self.expires,
             self.signature,
@@ -148,7 +190,7 @@ class NodeCertificate:
     @classmethod
     def from_wire(cls, obj: object) -> NodeCertificate:
         """Rebuild from :meth:`to_wire` output; :class:`CertificateError` when ill-formed."""
-        types = (str, str, str, bytes, int, int, bytes)
+        types = (str, str, str, bytes, bytes, int, int, bytes)
         if (
             not isinstance(obj, list)
             or len(obj) != len(types)
@@ -156,17 +198,25 @@ class NodeCertificate:
         ):
             raise CertificateError("malformed node certificate")
         cert = cls(*obj)
-        if cert.kind not in KINDS or len(cert.node_static_key) != 32 or len(cert.user) > 64:
+        if (
+            cert.kind not in KINDS
+            or len(cert.node_static_key) != 32
+            or len(cert.node_signing_key) != 32
+            or len(cert.user) > 64
+        ):
             raise CertificateError("malformed node certificate")
         return cert
 
 
 class NodeIdentity:
-    """This process's Noise static key pair plus the certificate that vouches for it."""
+    """This process's Noise static key pair and node signing key, plus the certificate
+    that vouches for both."""
 
-    def __init__(self, static_private: bytes, certificate: NodeCertificate) -> None:
+    def __init__(self, static_private: bytes, certificate: NodeCertificate, signing_private: bytes) -> None:
         self.static_private = static_private
         self.certificate = certificate
+        self.signing_private = signing_private
+        self._signer = ed25519.Ed25519PrivateKey.from_private_bytes(signing_private)
 
     @classmethod
     def create(
@@ -178,14 +228,27 @@ class NodeIdentity:
         lifetime: float = CERT_LIFETIME,
         now: float | None = None,
     ) -> NodeIdentity:
-        """A fresh X25519 static key certified by ``signer`` for ``user``."""
-        priv = x25519.X25519PrivateKey.generate()
-        raw_priv = priv.private_bytes(
-            serialization.Encoding.Raw, serialization.PrivateFormat.Raw, serialization.NoEncryption()
+        """A fresh X25519 static key and Ed25519 signing key certified by ``signer`` for
+        ``user`` (the only use of ``signer``)."""
+        raw = (serialization.Encoding.Raw, serialization.PrivateFormat.Raw, serialization.NoEncryption())
+        pub = (serialization.Encoding.Raw, serialization.PublicFormat.Raw)
+        static = x25519.X25519PrivateKey.generate()
+        signing = ed25519.Ed25519PrivateKey.generate()
+        cert = NodeCertificate.issue(
+            signer,
+            user,
+            static.public_key().public_bytes(*pub),
+            signing.public_key().public_bytes(*pub),
+            kind=kind,
+            lifetime=lifetime,
+            now=now,
         )
-        raw_pub = priv.public_key().public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
-        cert = NodeCertificate.issue(signer, user, raw_pub, kind=kind, lifetime=lifetime, now=now)
-        return cls(raw_priv, cert)
+        return cls(static.private_bytes(*raw), cert, signing.private_bytes(*raw))
+
+    def sign(self, data: bytes) -> bytes:
+        """The node signing key's Ed25519 signature of ``data`` (64 bytes); anyone holding
+        the certificate checks it with :meth:`NodeCertificate.verify_node_signature`."""
+        return self._signer.sign(data)
 
     @property
     def static_public(self) -> bytes:

@@ -61,7 +61,7 @@ __all__ = ["NoiseHandshake", "PeerInfo", "HandshakeState", "PROTOCOL_NAME", "PRO
 
 PROTOCOL_NAME = b"Noise_XX_25519_ChaChaPoly_BLAKE2b"
 PROLOGUE = b"p2prt/1"
-PROTO_VERSION = 1
+PROTO_VERSION = 2
 
 
 def local_versions() -> Versions:

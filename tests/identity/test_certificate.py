@@ -11,7 +11,7 @@ from typing import Any
 import cbor2
 import pytest
 from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric import ec, rsa, x25519
+from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa, x25519
 
 from p2prt.errors import (
     BadCertificateSignatureError,
@@ -28,6 +28,14 @@ T0 = 1_700_000_000
 def _static_key() -> bytes:
     return (
         x25519.X25519PrivateKey.generate()
+        .public_key()
+        .public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
+    )
+
+
+def _signing_key() -> bytes:
+    return (
+        ed25519.Ed25519PrivateKey.generate()
         .public_key()
         .public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
     )
@@ -54,7 +62,7 @@ def static() -> bytes:
 
 @pytest.fixture
 def cert(signer: SshKey, static: bytes) -> NodeCertificate:
-    return NodeCertificate.issue(signer, "alice", static, now=T0)
+    return NodeCertificate.issue(signer, "alice", static, _signing_key(), now=T0)
 
 
 # --- issue and verify -----------------------------------------------------------------------
@@ -62,7 +70,7 @@ def cert(signer: SshKey, static: bytes) -> NodeCertificate:
 
 @pytest.mark.parametrize("kind", ["ed25519", "rsa", "ecdsa"])
 def test_issue_and_verify(kind: str, static: bytes) -> None:
-    cert = NodeCertificate.issue(_signer(kind), "alice", static, now=T0)
+    cert = NodeCertificate.issue(_signer(kind), "alice", static, _signing_key(), now=T0)
     cert.verify(static_key=static, now=T0 + 1)
     assert cert.user == "alice"
     assert cert.kind == "user"
@@ -72,10 +80,10 @@ def test_issue_and_verify(kind: str, static: bytes) -> None:
 
 
 def test_issue_sets_validity_period(signer: SshKey, static: bytes) -> None:
-    cert = NodeCertificate.issue(signer, "alice", static, now=T0 + 0.7)
+    cert = NodeCertificate.issue(signer, "alice", static, _signing_key(), now=T0 + 0.7)
     assert cert.issued == T0
     assert cert.expires == T0 + int(CERT_LIFETIME)
-    short = NodeCertificate.issue(signer, "alice", static, now=T0, lifetime=60)
+    short = NodeCertificate.issue(signer, "alice", static, _signing_key(), now=T0, lifetime=60)
     assert short.expires == T0 + 60
 
 
@@ -83,20 +91,20 @@ def test_issue_uses_current_time_by_default(signer: SshKey, static: bytes) -> No
     import time
 
     before = int(time.time())
-    cert = NodeCertificate.issue(signer, "alice", static)
+    cert = NodeCertificate.issue(signer, "alice", static, _signing_key())
     assert before <= cert.issued <= int(time.time())
     cert.verify(static_key=static, now=time.time())
 
 
 def test_board_kind(signer: SshKey, static: bytes) -> None:
-    cert = NodeCertificate.issue(signer, "board", static, kind="board", now=T0)
+    cert = NodeCertificate.issue(signer, "board", static, _signing_key(), kind="board", now=T0)
     assert cert.kind == "board"
     cert.verify(static_key=static, now=T0)
 
 
 def test_unknown_kind_is_refused(signer: SshKey, static: bytes) -> None:
     with pytest.raises(ValueError, match="kind"):
-        NodeCertificate.issue(signer, "alice", static, kind="admin", now=T0)
+        NodeCertificate.issue(signer, "alice", static, _signing_key(), kind="admin", now=T0)
 
 
 def test_verify_without_static_key_skips_that_check(cert: NodeCertificate) -> None:
@@ -119,7 +127,7 @@ def test_wire_round_trip_through_cbor(cert: NodeCertificate, static: bytes) -> N
 
 
 def _bad_wire_shapes() -> list[tuple[str, Any]]:
-    good = NodeCertificate.issue(generate_ed25519(), "alice", _static_key(), now=T0).to_wire()
+    good = NodeCertificate.issue(generate_ed25519(), "alice", _static_key(), _signing_key(), now=T0).to_wire()
 
     def with_(index: int, value: object) -> list[Any]:
         out = list(good)
@@ -147,13 +155,17 @@ def _bad_wire_shapes() -> list[tuple[str, Any]]:
         ("static-short", with_(3, b"\x00" * 31)),
         ("static-long", with_(3, b"\x00" * 33)),
         ("static-empty", with_(3, b"")),
-        ("issued-str", with_(4, str(T0))),
-        ("issued-float", with_(4, float(T0))),
-        ("issued-bool", with_(4, True)),
-        ("expires-none", with_(5, None)),
-        ("expires-bool", with_(5, False)),
-        ("signature-str", with_(6, "sig")),
-        ("signature-list", with_(6, [1, 2])),
+        ("signing-str", with_(4, "x" * 32)),
+        ("signing-short", with_(4, b"\x00" * 31)),
+        ("signing-long", with_(4, b"\x00" * 33)),
+        ("signing-none", with_(4, None)),
+        ("issued-str", with_(5, str(T0))),
+        ("issued-float", with_(5, float(T0))),
+        ("issued-bool", with_(5, True)),
+        ("expires-none", with_(6, None)),
+        ("expires-bool", with_(6, False)),
+        ("signature-str", with_(7, "sig")),
+        ("signature-list", with_(7, [1, 2])),
     ]
 
 
@@ -183,6 +195,7 @@ _TAMPER: dict[str, Any] = {
     "expires": lambda c: dataclasses.replace(c, expires=c.expires + 3600),
     "issued": lambda c: dataclasses.replace(c, issued=c.issued - 1),
     "static-key": lambda c: dataclasses.replace(c, node_static_key=_static_key()),
+    "signing-key": lambda c: dataclasses.replace(c, node_signing_key=_signing_key()),
     "ssh-key": lambda c: dataclasses.replace(c, ssh_public_key=generate_ed25519().public.line),
     "signature-bit": lambda c: dataclasses.replace(c, signature=bytes([c.signature[0] ^ 1]) + c.signature[1:]),
     "signature-empty": lambda c: dataclasses.replace(c, signature=b""),
@@ -206,7 +219,7 @@ def test_tampered_static_key_fails_signature_before_key_check(cert: NodeCertific
 
 def test_certificate_signed_by_other_key_than_named(signer: SshKey, static: bytes) -> None:
     mallory = generate_ed25519()
-    forged = NodeCertificate.issue(mallory, "alice", static, now=T0)
+    forged = NodeCertificate.issue(mallory, "alice", static, _signing_key(), now=T0)
     forged = dataclasses.replace(forged, ssh_public_key=signer.public.line)
     with pytest.raises(BadCertificateSignatureError):
         forged.verify(static_key=static, now=T0)
@@ -214,7 +227,9 @@ def test_certificate_signed_by_other_key_than_named(signer: SshKey, static: byte
 
 def test_signature_is_domain_separated(cert: NodeCertificate, signer: SshKey) -> None:
     # A signature over the bare CBOR body (without the domain prefix) must not verify.
-    body = cbor2.dumps([cert.kind, cert.user, cert.ssh_public_key, cert.node_static_key, cert.issued, cert.expires])
+    body = cbor2.dumps(
+        [cert.kind, cert.user, cert.ssh_public_key, cert.node_static_key, cert.node_signing_key, cert.issued, cert.expires]
+    )
     forged = dataclasses.replace(cert, signature=signer.sign(body))
     with pytest.raises(BadCertificateSignatureError):
         forged.verify(static_key=None, now=T0)
@@ -224,7 +239,7 @@ def test_signature_is_domain_separated(cert: NodeCertificate, signer: SshKey) ->
 
 
 def test_expired_certificate(signer: SshKey, static: bytes) -> None:
-    cert = NodeCertificate.issue(signer, "alice", static, now=T0, lifetime=60)
+    cert = NodeCertificate.issue(signer, "alice", static, _signing_key(), now=T0, lifetime=60)
     cert.verify(static_key=static, now=T0 + 59)
     with pytest.raises(CertificateExpiredError):
         cert.verify(static_key=static, now=T0 + 60)
@@ -233,15 +248,15 @@ def test_expired_certificate(signer: SshKey, static: bytes) -> None:
 
 
 def test_certificate_issued_far_in_the_future(signer: SshKey, static: bytes) -> None:
-    cert = NodeCertificate.issue(signer, "alice", static, now=T0 + 24 * 3600)
+    cert = NodeCertificate.issue(signer, "alice", static, _signing_key(), now=T0 + 24 * 3600)
     with pytest.raises(CertificateExpiredError, match="not valid yet"):
         cert.verify(static_key=static, now=T0)
 
 
 def test_small_clock_skew_is_tolerated(signer: SshKey, static: bytes) -> None:
-    cert = NodeCertificate.issue(signer, "alice", static, now=T0 + CLOCK_SKEW - 1)
+    cert = NodeCertificate.issue(signer, "alice", static, _signing_key(), now=T0 + CLOCK_SKEW - 1)
     cert.verify(static_key=static, now=T0)
-    late = NodeCertificate.issue(signer, "alice", static, now=T0 + CLOCK_SKEW + 1)
+    late = NodeCertificate.issue(signer, "alice", static, _signing_key(), now=T0 + CLOCK_SKEW + 1)
     with pytest.raises(CertificateExpiredError):
         late.verify(static_key=static, now=T0)
 
@@ -328,3 +343,33 @@ def test_board_node_identity(signer: SshKey) -> None:
     assert ident.certificate.kind == "board"
     assert ident.certificate.expires == T0 + 60
     ident.certificate.verify(static_key=ident.static_public, now=T0)
+
+
+# --- node signing key -----------------------------------------------------------------------
+
+
+def test_node_identity_signs_with_the_certified_key(signer: SshKey) -> None:
+    ident = NodeIdentity.create(signer, "alice", now=T0)
+    sig = ident.sign(b"record")
+    assert len(sig) == 64
+    assert ident.certificate.verify_node_signature(sig, b"record")
+    assert not ident.certificate.verify_node_signature(sig, b"recorD")
+    assert not ident.certificate.verify_node_signature(sig[:-1], b"record")
+    assert not ident.certificate.verify_node_signature(b"", b"record")
+
+
+def test_signature_of_another_node_does_not_verify(signer: SshKey) -> None:
+    a = NodeIdentity.create(signer, "alice", now=T0)
+    b = NodeIdentity.create(signer, "alice", now=T0)
+    assert a.certificate.node_signing_key != b.certificate.node_signing_key
+    assert not a.certificate.verify_node_signature(b.sign(b"record"), b"record")
+
+
+def test_unusable_signing_key_verifies_nothing(cert: NodeCertificate) -> None:
+    bad = dataclasses.replace(cert, node_signing_key=bytes(31))
+    assert not bad.verify_node_signature(bytes(64), b"record")
+
+
+def test_issue_refuses_a_signing_key_of_wrong_length(signer: SshKey, static: bytes) -> None:
+    with pytest.raises(ValueError, match="Ed25519"):
+        NodeCertificate.issue(signer, "alice", static, b"short", now=T0)

@@ -26,7 +26,7 @@ def forged_signature_identity(user: str) -> NodeIdentity:
     ident = NodeIdentity.create(other, user)
     cert = ident.certificate
     forged = NodeCertificate(**{**cert.__dict__, "ssh_public_key": real.public.line})
-    return NodeIdentity(ident.static_private, forged)
+    return NodeIdentity(ident.static_private, forged, ident.signing_private)
 
 
 def expired_identity(user: str) -> NodeIdentity:
@@ -37,7 +37,7 @@ def mismatched_identity(user: str) -> NodeIdentity:
     """Our static key, but a (valid) certificate naming another static key."""
     mine = make_identity(user)
     theirs = NodeIdentity.create(generate_ed25519(), user)
-    return NodeIdentity(mine.static_private, theirs.certificate)
+    return NodeIdentity(mine.static_private, theirs.certificate, mine.signing_private)
 
 
 @dataclass

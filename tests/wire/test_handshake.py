@@ -124,12 +124,12 @@ def badly_signed(identity: NodeIdentity, signer: SshKey) -> NodeIdentity:
     cert = identity.certificate
     forged = dataclasses.replace(cert, signature=signer.sign(cert.signed_bytes()))
     assert forged.ssh_public_key == cert.ssh_public_key != signer.public.line
-    return NodeIdentity(identity.static_private, forged)
+    return NodeIdentity(identity.static_private, forged, identity.signing_private)
 
 
 def wrong_static_key(identity: NodeIdentity, other: NodeIdentity) -> NodeIdentity:
     """``identity``'s static private key presented with ``other``'s (valid) certificate."""
-    return NodeIdentity(identity.static_private, other.certificate)
+    return NodeIdentity(identity.static_private, other.certificate, identity.signing_private)
 
 
 def flip(data: bytes, pos: int) -> bytes:
