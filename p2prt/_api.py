@@ -142,9 +142,12 @@ def _hold_over(threshold: int | None) -> int:
 
 
 def stats() -> dict[str, Any]:
-    """Bytes this process exchanged with each peer, by path, and the same counters of
-    every worker it is connected to: ``{"peers": {peer id: {"user", "sent": {path: n},
-    "received": {path: n}}}, "workers": {peer id: {...}}}``."""
+    """Bytes this process exchanged with each peer, by path, and the counters of every
+    worker it is connected to::
+
+        {"peers": {peer id: {"user": ..., "sent": {"direct": n}, "received": {"direct": n}}},
+         "workers": {peer id: {"peers": {...same form...}, "held": {"objects": n, "bytes": n}}}}
+    """
     runtime = current_runtime()
     collect = getattr(runtime, "collect_traffic", None)
     token = getattr(runtime, "_token", None)

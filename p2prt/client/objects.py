@@ -151,6 +151,12 @@ class ObjectStore:
         the id (``deque.append`` is atomic); :meth:`_apply_releases` does the rest."""
         self._released.append(object_id)
 
+    def collect(self) -> None:
+        """Apply the releases queued by the garbage collector (called periodically)."""
+        if self._released:
+            with self._lock:
+                self._apply_releases()
+
     def _apply_releases(self) -> None:
         """Apply queued releases; the caller holds ``self._lock``."""
         released = self._released

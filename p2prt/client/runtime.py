@@ -949,6 +949,7 @@ class ClientRuntime:
     async def _housekeeping(self) -> None:
         while True:
             await trio.sleep(min(0.25, self.linger / 2))
+            self.store.collect()
             self._send_releases()
             now = trio.current_time()
             for lease in list(self._leases.values()):

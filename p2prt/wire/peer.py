@@ -211,7 +211,8 @@ class StatsRequest(Message):
 
 @message("peer.stats")
 class Stats(Message):
-    """A worker's byte counters: ``{peer id: {"user", "sent": {path: n}, "received": {path: n}}}``."""
+    """A worker's counters: ``{"peers": {peer id: {"user", "sent": {path: n}, "received":
+    {path: n}}}, "held": {"objects": n, "bytes": n}}``."""
 
     rid: int
     report: dict[str, Any]

@@ -380,14 +380,15 @@ class WorkerServer:
         self.traffic.setdefault(peer, PeerTraffic(user)).add(path, sent, received)
 
     def traffic_report(self) -> dict[str, Any]:
-        """Bytes exchanged per peer and path, live connections included."""
-        report = {str(PeerId(p)): t.as_dict() for p, t in self.traffic.items()}
+        """Bytes exchanged per peer and path (live connections included), and the values
+        held here."""
+        peers = {str(PeerId(p)): t.as_dict() for p, t in self.traffic.items()}
         for peer, conn in self._clients.items():
-            entry = report.setdefault(str(PeerId(peer)), PeerTraffic(conn.channel.peer.user).as_dict())
+            entry = peers.setdefault(str(PeerId(peer)), PeerTraffic(conn.channel.peer.user).as_dict())
             stream = conn.channel.stream
             entry["sent"]["direct"] = entry["sent"].get("direct", 0) + stream.bytes_sent
             entry["received"]["direct"] = entry["received"].get("direct", 0) + stream.bytes_received
-        return report
+        return {"peers": peers, "held": {"objects": len(self.held), "bytes": self.held.bytes_held}}
 
     async def _serve_fetch(self, conn: _ClientConn, stream: NoiseStream, msg: pm.FetchObjects) -> None:
         """Values for their owner, or for a worker of this cluster running a task that

@@ -364,3 +364,100 @@ def test_a_worker_with_another_python_is_never_leased(
         pids = p2prt.get([p2prt.remote(os.getppid).remote() for _ in range(20)], timeout=60)
         assert set(pids) <= {w.pid for w in site.workers}
     assert not [m for m in other.pushes if isinstance(m, bm.LeaseGranted)]
+
+
+def make_blob(n: int, seed: int) -> bytes:
+    import random
+
+    return random.Random(seed).randbytes(n)
+
+
+def digest(x: bytes) -> tuple[int, str]:
+    import hashlib
+
+    return len(x), hashlib.sha256(x).hexdigest()
+
+
+def _total(counters: dict[str, dict[str, int]], key: str) -> int:
+    return sum(sum(entry[key].values()) for entry in counters.values())
+
+
+def test_a_large_value_goes_from_worker_to_worker_not_through_the_driver(
+    site: Site, driver: Callable[..., p2prt.ClusterInfo]
+) -> None:
+    import hashlib
+
+    third = site.worker("bob", "--cpus", "1", "--resources", "tpu=1")
+    try:
+        third.wait_for(READY_LINE)
+        driver("carol")
+        size = 16 << 20
+        make = p2prt.remote(make_blob).options(resources={"gpu": 1})  # on the gpu worker
+        use = p2prt.remote(digest).options(resources={"tpu": 1})  # on the third worker
+        big = make.remote(size, 3)
+        expected = (size, hashlib.sha256(make_blob(size, 3)).hexdigest())
+        assert p2prt.get(use.remote(big), timeout=60) == expected
+        stats = p2prt.stats()
+        assert _total(stats["peers"], "received") < 1 << 20  # the driver never got the value
+        reports = list(stats["workers"].values())
+        assert len(reports) == 2
+        holder = next(r for r in reports if r["held"]["bytes"] >= size)
+        user = next(r for r in reports if r is not holder)
+        # The holder sent it to the other worker, which received it (counters on both ends).
+        assert any(sum(e["sent"].values()) >= size for e in holder["peers"].values())
+        assert any(sum(e["received"].values()) >= size for e in user["peers"].values())
+        # The driver asks for it itself: now it comes to the driver, from the holder.
+        assert hashlib.sha256(p2prt.get(big, timeout=60)).hexdigest() == expected[1]
+        assert _total(p2prt.stats()["peers"], "received") >= size
+    finally:
+        p2prt.shutdown()
+        third.stop()
+
+
+def _blob_worker(site: Site) -> Proc:
+    """Start a worker offering ``blob=1`` and wait until the board has it (and nothing
+    else offering ``blob`` any more), so a rebuild finds exactly it."""
+    import json
+
+    worker = site.worker("bob", "--cpus", "1", "--resources", "blob=1")
+    worker.wait_for(READY_LINE)
+
+    def registered() -> bool:
+        out = as_user("carol", site.keys["carol"], site.board, site.config("carol"), "status", "--json").stdout
+        text = json.dumps(json.loads(out))
+        return text.count("blob") == 1
+
+    wait_until(registered, 30, "the board to list exactly one worker offering blob")
+    return worker
+
+
+def test_a_value_lost_with_its_holder_is_rebuilt_or_reported_lost(
+    site: Site, driver: Callable[..., p2prt.ClusterInfo]
+) -> None:
+    victim = site.worker("bob", "--cpus", "1", "--resources", "blob=1")
+    spare = None
+    try:
+        victim.wait_for(READY_LINE)
+        driver("carol")
+        size = 2 << 20
+        make = p2prt.remote(make_blob).options(resources={"blob": 1})
+        again = make.options(max_retries=1).remote(size, 7)
+        once = make.options(max_retries=0).remote(size, 8)
+        p2prt.wait([again, once], num_returns=2, timeout=60)
+        victim.kill()
+        spare = _blob_worker(site)
+        assert p2prt.get(again, timeout=60) == make_blob(size, 7)  # made again on the spare
+        with pytest.raises(p2prt.ObjectLostError, match="lost"):
+            p2prt.get(once, timeout=60)
+        # A task that takes a lost value as argument gets it rebuilt first.
+        third = make.options(max_retries=2).remote(size, 9)
+        p2prt.wait([third], timeout=60)
+        spare.kill()
+        spare = _blob_worker(site)
+        use = p2prt.remote(digest)
+        assert p2prt.get(use.remote(third), timeout=60)[0] == size
+    finally:
+        p2prt.shutdown()
+        victim.stop()
+        if spare is not None:
+            spare.stop()
