@@ -28,6 +28,11 @@ class BoardConfig:
     max_pending_handshakes: int = 1024
     outbox_size: int = 10_000
     scheduler: SchedulerConfig = field(default_factory=SchedulerConfig)
+    dht: bool = True
+    """Run the cluster's bootstrap DHT node (UDP) next to the board."""
+    dht_host: str | None = None
+    """Address the DHT node binds; default: ``host``, unless that is a wildcard (then no
+    DHT node: peers find each other through the board)."""
 
     def __post_init__(self) -> None:
         if self.registration not in REGISTRATION_POLICIES:

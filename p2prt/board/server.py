@@ -99,6 +99,7 @@ class BoardServer:
         # Lease requests for clusters with no live worker yet: replayed on registration.
         self._parked: dict[str, list[tuple[Session, m.LeaseRequest]]] = {}
         self.port: int | None = None
+        self.dht_address: m.Address | None = None
         self._data_version = self.store.data_version()
 
     @property
@@ -129,10 +130,32 @@ class BoardServer:
                     )
                 )
                 self.port = int(listeners[0].socket.getsockname()[1])
+                dht_host = self._dht_host(str(listeners[0].socket.getsockname()[0]))
+                if dht_host is not None:
+                    await nursery.start(self._run_dht, dht_host)
                 nursery.start_soon(self._ticker)
                 task_status.started(self.port)
         finally:
             self.store.close()
+
+    def _dht_host(self, bound: str) -> str | None:
+        if not self.config.dht:
+            return None
+        host = self.config.dht_host or bound
+        if host in ("0.0.0.0", "::", ""):
+            log.warning("no DHT node: the board listens on all addresses; give --dht-host to run one")
+            return None
+        return host
+
+    async def _run_dht(self, host: str, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        """The cluster's bootstrap DHT node, for as long as the board serves."""
+        from ..dht import open_dht_node
+
+        async with open_dht_node(self.identity, host, 0) as node:
+            self.dht_address = m.Address(*node.address)
+            log.info("DHT node on udp %s:%d", *node.address)
+            task_status.started()
+            await trio.sleep_forever()
 
     # -- admission --------------------------------------------------------------------
 
@@ -168,7 +191,7 @@ class BoardServer:
         if old is not None:
             old.cancel.cancel()
         self.sessions[s.peer_id] = s
-        s.push(m.Welcome(account, s.observed, self.config.registration, self.config.heartbeat_interval))
+        s.push(m.Welcome(account, s.observed, self.config.registration, self.config.heartbeat_interval, self.dht_address))
         log.info("session %s from %s", peer, addr)
         try:
             with s.cancel, unwrap_single_group():

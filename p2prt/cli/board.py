@@ -47,6 +47,11 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         help="closed (default): only the operator adds users; open: anyone may register a name",
     )
     p.add_argument("--heartbeat-timeout", type=float, default=15.0, help="seconds of silence before a peer is lost")
+    p.add_argument(
+        "--dht-host",
+        help="address for the board's DHT node (UDP; default: --host, none if that is 0.0.0.0)",
+    )
+    p.add_argument("--no-dht", action="store_true", help="run no DHT node (peers find each other through the board)")
     p.set_defaults(handler=cmd_serve)
     ops = p.add_subparsers(dest="board_command", metavar="OPERATOR-COMMAND")
 
@@ -148,6 +153,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
         registration=args.registration,
         heartbeat_interval=max(0.05, timeout / 3),
         scheduler=SchedulerConfig(worker_timeout=timeout, client_timeout=timeout, lease_ttl=2 * timeout),
+        dht=not args.no_dht,
+        dht_host=args.dht_host,
     )
 
     async def main() -> None:
@@ -156,6 +163,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
             port = await nursery.start(server.serve)
             print(f"p2prt board listening on {config.host}:{port}", flush=True)
             print(f"board key fingerprint {server.fingerprint}", flush=True)
+            if server.dht_address is not None:
+                print(f"DHT bootstrap node on udp {server.dht_address.host}:{server.dht_address.port}", flush=True)
             print(f"registration {config.registration}; data in {config.data_dir}", flush=True)
             with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
                 async for _ in signals:

@@ -95,7 +95,11 @@ def cmd_worker(args: argparse.Namespace) -> int:
         print("(the cluster's owner can add members later; use --sandbox to confine tasks)", flush=True)
 
     async def main() -> None:
-        server = WorkerServer(config, identity, on_ready=ready)
+        def published(address: tuple[str, int]) -> None:
+            if not args.embedded:
+                print(f"p2prt worker: address published in the DHT (node on udp {address[0]}:{address[1]})", flush=True)
+
+        server = WorkerServer(config, identity, on_ready=ready, on_published=published)
         async with trio.open_nursery() as nursery:
             await nursery.start(server.run)
             with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:

@@ -102,6 +102,9 @@ class EmbeddedCluster:
                 heartbeat_interval=1.0,
                 tick_interval=0.25,
                 scheduler=SchedulerConfig(worker_timeout=10.0, client_timeout=10.0, lease_ttl=20.0),
+                # One machine on loopback: the board knows every address, and a DHT
+                # node per process would only cost start-up time (architecture.md (u)).
+                dht=False,
             )
         )
         board.store.add_user(EMBEDDED_USER, [self.key.public], now=time.time())

@@ -40,7 +40,7 @@ import sys
 import threading
 import time
 from collections.abc import Awaitable, Callable, Iterable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import trio
 
@@ -60,7 +60,7 @@ from ..identity.certificate import NodeIdentity, PeerId
 from ..identity.known_boards import KnownBoards
 from ..serialization import dumps, loads, ship_by_value, ship_user_modules
 from ..serialization.held import HeldRef
-from ..transport import DEFAULT_MAX_ATTACHMENT_BYTES, MessageChannel, open_secure_stream
+from ..transport import DEFAULT_MAX_ATTACHMENT_BYTES, MessageChannel, local_address, open_secure_stream
 from ..transport._errors import unwrap_single_group
 from ..wire import board as bm
 from ..wire import peer as pm
@@ -71,11 +71,16 @@ from .failures import task_error_from_info
 from .objects import Failed, Held, ObjectRef, ObjectStore, Stored, new_object_id
 from .tasks import Inline, Shape, Task, TaskOptions
 
+if TYPE_CHECKING:
+    from ..dht import DhtNode
+
 __all__ = ["ClientRuntime"]
 
 log = logging.getLogger(__name__)
 
 LINGER = 1.0
+DHT_LOOKUP_TIMEOUT = 2.0
+"""Seconds a DHT lookup may take before the board's addresses are used."""
 HOLD_OVER = 1 << 20
 """Values of at least this many bytes stay on the worker that produced them."""
 """Seconds an idle lease is kept before it is returned to the board."""
@@ -142,6 +147,8 @@ class ClientRuntime:
         # Values held by the workers that produced them: the task that made each (to
         # rebuild it if its holder is lost), workers' addresses, and values to release.
         self._lineage: dict[bytes, Task] = {}
+        self.dht: DhtNode | None = None
+        self._dht_started = False
         self._peer_addrs: dict[bytes, list[bm.Address]] = {}
         self._traffic: dict[bytes, list[Any]] = {}  # peer -> [user, sent, received] of closed connections
         self._to_release: collections.deque[tuple[bytes, bytes]] = collections.deque()
@@ -522,6 +529,43 @@ class ClientRuntime:
         self._board = client
         self._requested.clear()
         self._pump()
+        if client.welcome.dht is not None and not self._dht_started and self._nursery is not None:
+            self._dht_started = True
+            self._nursery.start_soon(self._run_dht, client)
+
+    async def _run_dht(self, client: BoardClient) -> None:
+        """A client-mode DHT node (it asks, it does not serve), bootstrapped from the
+        board's: where leased workers and held values are."""
+        from ..dht import open_dht_node
+
+        dht = client.welcome.dht
+        local = local_address(client.channel.stream)
+        if dht is None or local is None:
+            return
+        try:
+            async with open_dht_node(self.identity, local[0], 0, bootstrap=[(dht.host, dht.port)], serve=False) as node:
+                self.dht = node
+                await trio.sleep_forever()
+        except P2prtError as exc:
+            log.warning("no DHT node (worker addresses come from the board): %s", exc)
+        finally:
+            self.dht = None
+
+    async def _addresses_of(self, peer: bytes, known: list[bm.Address]) -> list[bm.Address]:
+        """Where ``peer`` listens: its signed DHT record first, then what the board said."""
+        found: list[bm.Address] = []
+        if self.dht is not None:
+            self.stats["dht_lookups"] += 1
+            with trio.move_on_after(DHT_LOOKUP_TIMEOUT):
+                try:
+                    record = await self.dht.find_peer(peer)
+                except P2prtError as exc:
+                    log.info("DHT lookup failed: %s", exc)
+                    record = None
+                if record is not None:
+                    self.stats["dht_found"] += 1
+                    found = list(record.listen_addrs)
+        return found + [a for a in known if a not in found]
 
     async def _on_board_push(self, msg: Message) -> None:
         if isinstance(msg, bm.LeaseGranted):
@@ -559,6 +603,8 @@ class ClientRuntime:
     async def _activate(self, lease: ClientLease, addrs: list[bm.Address]) -> None:
         peer = lease.ticket.worker_peer_id
         try:
+            if peer not in self._conns:
+                addrs = await self._addresses_of(peer, addrs)
             conn = await self._connection(peer, addrs)
             attached = await conn.attach(lease.ticket)
         except P2prtError as exc:

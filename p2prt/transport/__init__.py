@@ -8,7 +8,14 @@
 
 from .channel import DEFAULT_MAX_ATTACHMENT_BYTES, MessageChannel, Outbox
 from .noise_stream import Authorizer, NoiseStream, noise_accept, noise_connect
-from .tcp import HANDSHAKE_TIMEOUT, open_secure_channel, open_secure_stream, remote_address, serve_secure
+from .tcp import (
+    HANDSHAKE_TIMEOUT,
+    local_address,
+    open_secure_channel,
+    open_secure_stream,
+    remote_address,
+    serve_secure,
+)
 
 __all__ = [
     "DEFAULT_MAX_ATTACHMENT_BYTES",
@@ -22,5 +29,6 @@ __all__ = [
     "open_secure_channel",
     "open_secure_stream",
     "remote_address",
+    "local_address",
     "serve_secure",
 ]

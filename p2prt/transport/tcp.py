@@ -23,7 +23,14 @@ from ._errors import map_connect_exceptions, map_exceptions
 from .channel import MessageChannel
 from .noise_stream import Authorizer, NoiseStream, noise_accept, noise_connect
 
-__all__ = ["open_secure_stream", "open_secure_channel", "serve_secure", "remote_address", "HANDSHAKE_TIMEOUT"]
+__all__ = [
+    "open_secure_stream",
+    "open_secure_channel",
+    "serve_secure",
+    "remote_address",
+    "local_address",
+    "HANDSHAKE_TIMEOUT",
+]
 
 log = logging.getLogger(__name__)
 
@@ -62,6 +69,20 @@ async def open_secure_channel(host: str, port: int, identity: NodeIdentity, **kw
     if max_frame_size is None:
         return MessageChannel(stream)
     return MessageChannel(stream, max_frame_size=max_frame_size)
+
+
+def local_address(stream: NoiseStream | trio.abc.Stream) -> tuple[str, int] | None:
+    """``(host, port)`` of our end of the TCP connection under ``stream``: the address
+    this process reaches that peer from."""
+    inner = stream.transport_stream if isinstance(stream, NoiseStream) else stream
+    sock = getattr(inner, "socket", None)
+    if sock is None:
+        return None
+    try:
+        addr = sock.getsockname()
+    except OSError:
+        return None
+    return (str(addr[0]), int(addr[1]))
 
 
 def remote_address(stream: NoiseStream | trio.abc.Stream) -> tuple[str, int] | None:

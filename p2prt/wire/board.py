@@ -61,6 +61,7 @@ class Welcome(Message):
     observed: Address | None
     registration: str
     heartbeat_interval: float
+    dht: Address | None = None  # the board's DHT node: every peer's bootstrap
 
 
 @message("board.ok")

@@ -56,11 +56,15 @@ class HeldObjects:
     def get(self, object_id: bytes) -> HeldValue | None:
         return self._values.get(object_id)
 
-    def release(self, owner: bytes, object_ids: Iterable[bytes]) -> None:
+    def release(self, owner: bytes, object_ids: Iterable[bytes]) -> list[bytes]:
+        """Free ``owner``'s values among ``object_ids``; returns the ids freed."""
+        freed = []
         for object_id in object_ids:
             held = self._values.get(object_id)
             if held is not None and held.owner == owner:
                 del self._values[object_id]
+                freed.append(object_id)
+        return freed
 
     def drop_owner(self, owner: bytes) -> None:
         for object_id in [k for k, v in self._values.items() if v.owner == owner]:

@@ -24,9 +24,9 @@ import logging
 import os
 import socket
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import trio
 
@@ -36,7 +36,14 @@ from ..errors import P2prtError
 from ..identity.certificate import NodeIdentity, PeerId
 from ..identity.keys import SshPublicKey
 from ..identity.known_boards import KnownBoards
-from ..transport import DEFAULT_MAX_ATTACHMENT_BYTES, MessageChannel, NoiseStream, Outbox, serve_secure
+from ..transport import (
+    DEFAULT_MAX_ATTACHMENT_BYTES,
+    MessageChannel,
+    NoiseStream,
+    Outbox,
+    local_address,
+    serve_secure,
+)
 from ..transport.replies import Replies
 from ..wire import board as bm
 from ..wire import peer as pm
@@ -47,6 +54,9 @@ from ._attach import allocate as shared_memory
 from ._objects import HeldObjects, PeerTraffic, fetch_from, payload_size
 from .pool import ExecResult, ExecTask, ExecutorPool
 
+if TYPE_CHECKING:
+    from ..dht import DhtNode
+
 __all__ = ["WorkerServer", "WorkerConfig"]
 
 _SECRET_ENV = {"P2PRT_KEY_PASSPHRASE", "SSH_AUTH_SOCK", "SSH_AGENT_PID"}
@@ -54,6 +64,9 @@ MAX_FUNCTIONS = 4096
 MAX_FUNCTION_BYTES = 256 * 1024 * 1024
 
 log = logging.getLogger(__name__)
+
+DHT_LOOKUP_TIMEOUT = 2.0
+"""Seconds a DHT lookup may take before the addresses we already know are used."""
 
 
 @dataclass(frozen=True)
@@ -106,6 +119,7 @@ class WorkerServer:
         known_boards: KnownBoards | None = None,
         pin: bool = True,
         on_ready: Callable[[list[str]], None] | None = None,
+        on_published: Callable[[tuple[str, int]], None] | None = None,
     ) -> None:
         self.config = config
         self.identity = identity
@@ -116,12 +130,15 @@ class WorkerServer:
         self._known_boards = known_boards
         self._pin = pin
         self._on_ready = on_ready
+        self._on_published = on_published
         self._clients: dict[bytes, _ClientConn] = {}
         self._revoked: set[str] = set()
         self._revoked_tasks: dict[int, str] = {}
         self._ids = itertools.count(1)
         self._owner: dict[int, _ClientConn] = {}
         self.held = HeldObjects()
+        self.dht: DhtNode | None = None
+        self._dht_started = False
         self.traffic: dict[bytes, PeerTraffic] = {}
         self._nursery: trio.Nursery | None = None
         self._port = 0
@@ -196,6 +213,44 @@ class WorkerServer:
                 rid, self.config.cluster, self.config.slots, resources, self.python, self.host, self._announce(client)
             )
         )
+        if client.welcome.dht is not None and not self._dht_started and self._nursery is not None:
+            self._dht_started = True
+            self._nursery.start_soon(self._run_dht, client)
+        elif self.dht is not None:
+            self._background(self.dht.publish_peer(self._announce(client), client.welcome.observed))
+
+    async def _run_dht(self, client: BoardClient) -> None:
+        """This worker's DHT node: bootstrapped from the board's, it publishes where the
+        worker listens (and the locations of the values it holds)."""
+        from ..dht import open_dht_node
+
+        dht = client.welcome.dht
+        local = local_address(client.channel.stream)
+        if dht is None or local is None:
+            return
+        try:
+            async with open_dht_node(self.identity, local[0], 0, bootstrap=[(dht.host, dht.port)]) as node:
+                self.dht = node
+                await node.publish_peer(self._announce(client), client.welcome.observed)
+                if self._on_published is not None:
+                    self._on_published(node.address)
+                await trio.sleep_forever()
+        except P2prtError as exc:
+            log.warning("no DHT node (peers will ask the board for our address): %s", exc)
+        finally:
+            self.dht = None
+
+    def _background(self, work: Awaitable[Any]) -> None:
+        """Best-effort DHT updates: logged, never fatal."""
+
+        async def run() -> None:
+            try:
+                await work
+            except P2prtError as exc:
+                log.info("DHT update failed: %s", exc)
+
+        if self._nursery is not None:
+            self._nursery.start_soon(run)
 
     async def _on_board_push(self, msg: Message) -> None:
         if isinstance(msg, bm.LeaseRevoked):
@@ -295,7 +350,10 @@ class WorkerServer:
         elif isinstance(msg, pm.StatsRequest):
             conn.enqueue(pm.Stats(msg.rid, self.traffic_report()))
         elif isinstance(msg, pm.ReleaseObjects):
-            self.held.release(bytes(stream.peer.peer_id), msg.object_ids)
+            released = self.held.release(bytes(stream.peer.peer_id), msg.object_ids)
+            if self.dht is not None:
+                for object_id in released:
+                    self._background(self.dht.remove_location(object_id))
         elif isinstance(msg, (pm.NestedSubmitted, pm.NestedValues, ErrorReply)):
             rid = msg.request_id if isinstance(msg, ErrorReply) else msg.rid
             conn.replies.resolve(rid, msg)
@@ -364,6 +422,8 @@ class WorkerServer:
             if status == "ok" and hold is not None and payload_size(r.data, r.buffers) >= hold[1]:
                 owner = bytes(conn.channel.peer.peer_id)
                 size = self.held.keep(hold[0], owner, r.data, r.buffers)
+                if self.dht is not None:
+                    self._background(self.dht.publish_location(hold[0], size))
                 per_conn.setdefault(conn, []).append(pm.TaskResult(entry[0], "held", b"", [], "", size))
                 continue
             per_conn.setdefault(conn, []).append(
@@ -388,7 +448,8 @@ class WorkerServer:
             stream = conn.channel.stream
             entry["sent"]["direct"] = entry["sent"].get("direct", 0) + stream.bytes_sent
             entry["received"]["direct"] = entry["received"].get("direct", 0) + stream.bytes_received
-        return {"peers": peers, "held": {"objects": len(self.held), "bytes": self.held.bytes_held}}
+        dht = {"address": list(self.dht.address)} if self.dht is not None else None
+        return {"peers": peers, "held": {"objects": len(self.held), "bytes": self.held.bytes_held}, "dht": dht}
 
     async def _serve_fetch(self, conn: _ClientConn, stream: NoiseStream, msg: pm.FetchObjects) -> None:
         """Values for their owner, or for a worker of this cluster running a task that
@@ -411,6 +472,20 @@ class WorkerServer:
             return False
         return user in list(members)
 
+    async def _addresses_of(self, peer: bytes, known: list[bm.Address]) -> list[bm.Address]:
+        """Where ``peer`` listens: its DHT record first (current), then ``known``."""
+        found: list[bm.Address] = []
+        if self.dht is not None:
+            with trio.move_on_after(DHT_LOOKUP_TIMEOUT):
+                try:
+                    record = await self.dht.find_peer(peer)
+                except P2prtError as exc:
+                    log.info("DHT lookup failed: %s", exc)
+                    record = None
+                if record is not None:
+                    found = list(record.listen_addrs)
+        return found + [a for a in known if a not in found]
+
     async def _fetch_then_submit(self, conn: _ClientConn, spec: pm.TaskSpec, task: ExecTask) -> None:
         """Fetch the task's held arguments (from this worker or their holders), then run it."""
         fetched: list[tuple[bytes, Any, list[Any]]] = []
@@ -428,7 +503,7 @@ class WorkerServer:
                 values = await fetch_from(
                     self.identity,
                     holder,
-                    list(args[0].addresses),
+                    await self._addresses_of(holder, list(args[0].addresses)),
                     [a.object_id for a in args],
                     allocate=shared_memory,
                     on_traffic=lambda p, path, s, r: self._count_traffic(p, "worker", path, s, r),

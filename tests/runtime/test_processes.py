@@ -461,3 +461,23 @@ def test_a_value_lost_with_its_holder_is_rebuilt_or_reported_lost(
         victim.stop()
         if spare is not None:
             spare.stop()
+
+
+def test_the_driver_finds_a_leased_worker_through_the_dht(
+    site: Site, driver: Callable[..., p2prt.ClusterInfo]
+) -> None:
+    driver("carol")
+    runtime = p2prt._api._runtime
+    assert runtime is not None
+    wait_until(lambda: getattr(runtime, "dht", None) is not None, 30, "the driver's DHT node")
+    worker = site.worker("bob", "--cpus", "1", "--resources", "probe=1")
+    try:
+        worker.wait_for(r"address published in the DHT")
+        ref = p2prt.remote(digest).options(resources={"probe": 1}).remote(b"abc")
+        assert p2prt.get(ref, timeout=60)[0] == 3
+        assert runtime.stats["dht_found"] >= 1  # the worker's signed record gave its address
+        report = p2prt.stats()["workers"]
+        assert any(r.get("dht") for r in report.values())  # workers run DHT nodes too
+    finally:
+        p2prt.shutdown()
+        worker.stop()
