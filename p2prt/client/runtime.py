@@ -553,19 +553,14 @@ class ClientRuntime:
 
     async def _addresses_of(self, peer: bytes, known: list[bm.Address]) -> list[bm.Address]:
         """Where ``peer`` listens: its signed DHT record first, then what the board said."""
-        found: list[bm.Address] = []
-        if self.dht is not None:
-            self.stats["dht_lookups"] += 1
-            with trio.move_on_after(DHT_LOOKUP_TIMEOUT):
-                try:
-                    record = await self.dht.find_peer(peer)
-                except P2prtError as exc:
-                    log.info("DHT lookup failed: %s", exc)
-                    record = None
-                if record is not None:
-                    self.stats["dht_found"] += 1
-                    found = list(record.listen_addrs)
-        return found + [a for a in known if a not in found]
+        if self.dht is None:
+            return known
+        from ..dht import addresses_of
+
+        self.stats["dht_lookups"] += 1
+        addrs, found = await addresses_of(self.dht, peer, known, timeout=DHT_LOOKUP_TIMEOUT)
+        self.stats["dht_found"] += found
+        return addrs
 
     async def _on_board_push(self, msg: Message) -> None:
         if isinstance(msg, bm.LeaseGranted):

@@ -32,6 +32,6 @@ For the runtime (board, worker, client):
 - Lookups cost a few UDP round trips; cache results per connection, not per task.
 """
 
-from .node import DhtNode, DhtSettings, DhtStatistics, open_dht_node
+from .node import DhtNode, DhtSettings, DhtStatistics, addresses_of, open_dht_node
 
-__all__ = ["DhtNode", "DhtSettings", "DhtStatistics", "open_dht_node"]
+__all__ = ["DhtNode", "DhtSettings", "DhtStatistics", "addresses_of", "open_dht_node"]

@@ -39,7 +39,7 @@ from kademlia.crawling import NodeSpiderCrawl
 from kademlia.network import Server
 from kademlia.node import Node
 
-from ..errors import DhtError, InvalidRecordError
+from ..errors import DhtError, InvalidRecordError, P2prtError
 from ..identity.certificate import NodeCertificate, NodeIdentity
 from ..wire.board import Address
 from ..wire.records import (
@@ -68,8 +68,9 @@ class DhtSettings:
     """Kademlia's k: bucket size, and how many nodes store each record."""
     alpha: int = 3
     """Parallel requests per lookup round."""
-    rpc_timeout: float = 5.0
-    """Seconds to wait for one UDP answer."""
+    rpc_timeout: float = 1.0
+    """Seconds to wait for one UDP answer (kademlia's own default, 5 s, made every
+    departed node in a routing table cost 5 s per lookup round)."""
     peer_ttl: float = 1800.0
     """Lifetime of a published peer record, in seconds."""
     location_ttl: float = 3600.0
@@ -395,3 +396,22 @@ async def open_dht_node(
             nursery.cancel_scope.cancel()
     finally:
         await node.aclose()
+
+
+async def addresses_of(
+    node: DhtNode | None, peer_id: bytes, known: Sequence[Address], *, timeout: float
+) -> tuple[list[Address], bool]:
+    """Where ``peer_id`` listens: the addresses of its verified DHT record first (at most
+    ``timeout`` seconds of lookup), then ``known`` (e.g. what the board said). Returns
+    them and whether the DHT had a record. Without a node, just ``known``."""
+    found: list[Address] = []
+    if node is not None:
+        with trio.move_on_after(timeout):
+            try:
+                record = await node.find_peer(peer_id)
+            except P2prtError as exc:
+                log.info("DHT lookup failed: %s", exc)
+                record = None
+            if record is not None:
+                found = list(record.listen_addrs)
+    return found + [a for a in known if a not in found], bool(found)

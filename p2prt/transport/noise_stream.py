@@ -133,10 +133,7 @@ class NoiseStream(trio.abc.Stream):
         gathered into one Noise message, large ones encrypted straight from their
         memory into a reused output buffer."""
         with self._send_conflict:
-            if self._closed:
-                raise trio.ClosedResourceError("NoiseStream was closed")
-            if self._send_broken:
-                raise trio.BrokenResourceError("NoiseStream is broken")
+            self._check_sendable()
             try:
                 if self._pending:
                     await self._send_pending()
@@ -186,15 +183,18 @@ class NoiseStream(trio.abc.Stream):
     async def flush(self) -> None:
         """Finish what :meth:`send_nowait` left pending (raises if the stream broke)."""
         with self._send_conflict:
-            if self._closed:
-                raise trio.ClosedResourceError("NoiseStream was closed")
-            if self._send_broken:
-                raise trio.BrokenResourceError("NoiseStream is broken")
+            self._check_sendable()
             try:
                 await self._send_pending()
             except BaseException:
                 self._send_broken = True
                 raise
+
+    def _check_sendable(self) -> None:
+        if self._closed:
+            raise trio.ClosedResourceError("NoiseStream was closed")
+        if self._send_broken:
+            raise trio.BrokenResourceError("NoiseStream is broken")
 
     async def _send_pending(self) -> None:
         pending, self._pending = self._pending, b""

@@ -74,25 +74,21 @@ async def open_secure_channel(host: str, port: int, identity: NodeIdentity, **kw
 def local_address(stream: NoiseStream | trio.abc.Stream) -> tuple[str, int] | None:
     """``(host, port)`` of our end of the TCP connection under ``stream``: the address
     this process reaches that peer from."""
-    inner = stream.transport_stream if isinstance(stream, NoiseStream) else stream
-    sock = getattr(inner, "socket", None)
-    if sock is None:
-        return None
-    try:
-        addr = sock.getsockname()
-    except OSError:
-        return None
-    return (str(addr[0]), int(addr[1]))
+    return _socket_address(stream, peer=False)
 
 
 def remote_address(stream: NoiseStream | trio.abc.Stream) -> tuple[str, int] | None:
     """``(host, port)`` of the TCP peer under ``stream``, when there is one."""
+    return _socket_address(stream, peer=True)
+
+
+def _socket_address(stream: NoiseStream | trio.abc.Stream, *, peer: bool) -> tuple[str, int] | None:
     inner = stream.transport_stream if isinstance(stream, NoiseStream) else stream
     sock = getattr(inner, "socket", None)
     if sock is None:
         return None
     try:
-        addr = sock.getpeername()
+        addr = sock.getpeername() if peer else sock.getsockname()
     except OSError:
         return None
     return (str(addr[0]), int(addr[1]))

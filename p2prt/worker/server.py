@@ -474,17 +474,11 @@ class WorkerServer:
 
     async def _addresses_of(self, peer: bytes, known: list[bm.Address]) -> list[bm.Address]:
         """Where ``peer`` listens: its DHT record first (current), then ``known``."""
-        found: list[bm.Address] = []
-        if self.dht is not None:
-            with trio.move_on_after(DHT_LOOKUP_TIMEOUT):
-                try:
-                    record = await self.dht.find_peer(peer)
-                except P2prtError as exc:
-                    log.info("DHT lookup failed: %s", exc)
-                    record = None
-                if record is not None:
-                    found = list(record.listen_addrs)
-        return found + [a for a in known if a not in found]
+        if self.dht is None:
+            return known
+        from ..dht import addresses_of
+
+        return (await addresses_of(self.dht, peer, known, timeout=DHT_LOOKUP_TIMEOUT))[0]
 
     async def _fetch_then_submit(self, conn: _ClientConn, spec: pm.TaskSpec, task: ExecTask) -> None:
         """Fetch the task's held arguments (from this worker or their holders), then run it."""
