@@ -146,6 +146,7 @@ async def open_board_client(
     pin: bool = True,
     heartbeat: bool = True,
     timeout: float = 10.0,
+    local_port: int | None = None,
 ) -> AsyncIterator[BoardClient]:
     """Connect to the board at ``address`` ("host:port") as ``identity``.
 
@@ -154,7 +155,7 @@ async def open_board_client(
     :class:`~p2prt.errors.BoardKeyChangedError`.
     """
     host, port = parse_board_address(address)
-    stream = await open_secure_stream(host, port, identity, timeout=timeout)
+    stream = await open_secure_stream(host, port, identity, timeout=timeout, local_port=local_port)
     try:
         if stream.peer.kind != "board":
             raise AuthenticationError(f"{address} is not a p2prt board (it is {stream.peer.user}'s {stream.peer.kind})")

@@ -41,6 +41,7 @@ class BoardLink:
         min_backoff: float = 0.1,
         max_backoff: float = 5.0,
         fail_fast: bool = True,
+        local_port: int | None = None,
     ) -> None:
         self.address = address
         self.identity = identity
@@ -51,6 +52,7 @@ class BoardLink:
         self.min_backoff = min_backoff
         self.max_backoff = max_backoff
         self.fail_fast = fail_fast
+        self.local_port = local_port  # connect from our listening port (NAT traversal)
         self.client: BoardClient | None = None
         self.connections = 0
         self._changed = trio.Condition()
@@ -76,7 +78,11 @@ class BoardLink:
         while True:
             try:
                 async with open_board_client(
-                    self.address, self.identity, known_boards=self._known_boards, pin=self._pin
+                    self.address,
+                    self.identity,
+                    known_boards=self._known_boards,
+                    pin=self._pin,
+                    local_port=self.local_port,
                 ) as client:
                     if self._on_connect is not None:
                         await self._on_connect(client)

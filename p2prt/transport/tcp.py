@@ -9,6 +9,7 @@ handler) is logged and closed; the listener keeps serving everyone else.
 
 from __future__ import annotations
 
+import errno
 import logging
 import socket
 import time
@@ -46,8 +47,13 @@ async def open_secure_stream(
     expected_peer_id: PeerId | None = None,
     timeout: float = HANDSHAKE_TIMEOUT,
     now: Callable[[], float] = time.time,
+    local_port: int | None = None,
 ) -> NoiseStream:
     """Connect to ``host:port`` and complete the Noise handshake as initiator.
+
+    ``local_port``: connect *from* this port — the one this process listens on (its
+    listener must have been opened with ``reuse_port``), so that a NAT maps both to the
+    same public port and the peer sees the address others can reach us at.
 
     Raises :class:`~p2prt.errors.ConnectError` (refused, unreachable, timed out), a
     handshake error (certificate, decryption, peer id), or
@@ -55,7 +61,17 @@ async def open_secure_stream(
     """
     with trio.move_on_after(timeout) as scope:
         with map_connect_exceptions(host, port):
-            tcp = await trio.open_tcp_stream(host, port)
+            tcp = None
+            if local_port is not None:
+                try:
+                    tcp = await _connect_from(host, port, local_port)
+                except OSError as exc:
+                    if exc.errno not in (errno.EADDRINUSE, errno.EADDRNOTAVAIL):
+                        raise
+                    # e.g. our last connection to the same address is in TIME_WAIT
+                    log.info("cannot connect to %s:%d from port %d (%s); using another port", host, port, local_port, exc)
+            if tcp is None:
+                tcp = await trio.open_tcp_stream(host, port)
         with map_connect_exceptions(host, port):
             return await noise_connect(tcp, identity, expected_peer_id=expected_peer_id, now=now)
     assert scope.cancelled_caught
@@ -69,6 +85,45 @@ async def open_secure_channel(host: str, port: int, identity: NodeIdentity, **kw
     if max_frame_size is None:
         return MessageChannel(stream)
     return MessageChannel(stream, max_frame_size=max_frame_size)
+
+
+def _reusable(family: int) -> trio.socket.SocketType:
+    """A TCP socket that may share its local port with a listener and other connections."""
+    sock = trio.socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    if hasattr(socket, "SO_REUSEPORT"):
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+    return sock
+
+
+async def _connect_from(host: str, port: int, local_port: int) -> trio.SocketStream:
+    """A TCP connection to ``host:port`` from local port ``local_port``."""
+    infos = await trio.socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    if not infos:
+        raise OSError(f"cannot resolve {host}")
+    family, _, _, _, address = infos[0]
+    sock = _reusable(family)
+    try:
+        await sock.bind(("::" if family == socket.AF_INET6 else "0.0.0.0", local_port))
+        await sock.connect(address)
+    except BaseException:
+        sock.close()
+        raise
+    return trio.SocketStream(sock)
+
+
+async def _reusable_listener(host: str, port: int) -> trio.SocketListener:
+    """A listener whose port outgoing connections may share (``local_port``)."""
+    infos = await trio.socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+    family, _, _, _, address = infos[0]
+    sock = _reusable(family)
+    try:
+        await sock.bind(address)
+        sock.listen(socket.SOMAXCONN)
+    except BaseException:
+        sock.close()
+        raise
+    return trio.SocketListener(sock)
 
 
 def local_address(stream: NoiseStream | trio.abc.Stream) -> tuple[str, int] | None:
@@ -105,6 +160,7 @@ async def serve_secure(
     max_pending_handshakes: int = 1024,
     now: Callable[[], float] = time.time,
     listen_socket: socket.socket | None = None,
+    reuse_port: bool = False,
     task_status: trio.TaskStatus[list[trio.SocketListener]] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     """Serve Noise connections on ``host:port`` until cancelled.
@@ -113,9 +169,13 @@ async def serve_secure(
     ``listeners[0].socket.getsockname()``). ``handler`` owns the stream and should close
     it; it is closed for it when the handler returns or fails. ``listen_socket``, a
     socket already bound and listening, is served instead of ``host:port``.
+    ``reuse_port``: outgoing connections may use the listening port (see
+    :func:`open_secure_stream`'s ``local_port``).
     """
     if listen_socket is not None:
         listeners = [trio.SocketListener(trio.socket.from_stdlib_socket(listen_socket))]
+    elif reuse_port:
+        listeners = [await _reusable_listener(host, port)]
     else:
         listeners = await trio.open_tcp_listeners(port, host=host)
     pending = trio.Semaphore(max_pending_handshakes)

@@ -169,6 +169,7 @@ class WorkerServer:
                     self.identity,
                     host=self.config.listen_host,
                     port=self.config.listen_port,
+                    reuse_port=True,
                     task_status=task_status,
                 )
             )
@@ -180,6 +181,9 @@ class WorkerServer:
                 on_push=self._on_board_push,
                 known_boards=self._known_boards,
                 pin=self._pin,
+                # From the listening port: the board then observes the address (and a
+                # home router the port mapping) that other peers can reach us at.
+                local_port=self._port,
             )
             await nursery.start(link.run)
             task_status.started()

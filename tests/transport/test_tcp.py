@@ -277,3 +277,29 @@ async def test_connect_refused_says_so() -> None:
     await listeners[0].aclose()
     with trio.fail_after(10), pytest.raises(ConnectError, match="connection refused"):
         await open_secure_stream("127.0.0.1", port, CLIENT)
+
+
+async def test_a_connection_can_leave_from_the_listening_port(nursery: trio.Nursery) -> None:
+    from p2prt.transport import NoiseStream, open_secure_stream, remote_address, serve_secure
+
+    seen: list[tuple[str, int] | None] = []
+    got = trio.Event()
+
+    async def record(stream: NoiseStream) -> None:
+        seen.append(remote_address(stream))
+        got.set()
+        await stream.receive_some()
+
+    alice, bob = make_identity("alice"), make_identity("bob")
+    mine = await nursery.start(lambda task_status: serve_secure(record, alice, reuse_port=True, task_status=task_status))
+    other = await nursery.start(lambda task_status: serve_secure(record, bob, task_status=task_status))
+    my_port = mine[0].socket.getsockname()[1]
+    other_port = other[0].socket.getsockname()[1]
+    with trio.fail_after(10):
+        out = await open_secure_stream("127.0.0.1", other_port, alice, local_port=my_port)
+        await got.wait()
+        assert seen == [("127.0.0.1", my_port)]  # the peer sees our listening port
+        # ... which still accepts connections.
+        back = await open_secure_stream("127.0.0.1", my_port, bob)
+        await back.aclose()
+        await out.aclose()
