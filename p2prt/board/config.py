@@ -30,6 +30,14 @@ class BoardConfig:
     scheduler: SchedulerConfig = field(default_factory=SchedulerConfig)
     dht: bool = True
     """Run the cluster's bootstrap DHT node (UDP) next to the board."""
+    relay: bool = True
+    """Relay connections between peers that cannot reach each other (on ``relay_port``)."""
+    relay_port: int = 0
+    """TCP port of the relay (0: any free port; peers learn it from the welcome)."""
+    max_relays: int = 64
+    """Relayed connections at once (waiting ones included)."""
+    relay_rate: int = 0
+    """Bytes per second per direction of each relayed connection (0: no cap)."""
     dht_host: str | None = None
     """Address the DHT node binds; default: ``host``, unless that is a wildcard (then no
     DHT node: peers find each other through the board)."""

@@ -49,6 +49,7 @@ from ..wire.handshake import PeerInfo
 from ..wire.messages import Message
 from .client import BOARD_MAX_FRAME
 from .config import BoardConfig
+from .relay import RelayHub
 from .scheduler import Grant, Reclaim, Revoke, Scheduler, UnknownWorkerError, Unsatisfiable
 from .status import status_to_wire
 from .store import Store
@@ -100,6 +101,8 @@ class BoardServer:
         self._parked: dict[str, list[tuple[Session, m.LeaseRequest]]] = {}
         self.port: int | None = None
         self.dht_address: m.Address | None = None
+        self.relay_address: m.Address | None = None
+        self.relays = RelayHub(max_relays=config.max_relays, rate=config.relay_rate)
         self._data_version = self.store.data_version()
 
     @property
@@ -130,7 +133,21 @@ class BoardServer:
                     )
                 )
                 self.port = int(listeners[0].socket.getsockname()[1])
-                dht_host = self._dht_host(str(listeners[0].socket.getsockname()[0]))
+                bound = str(listeners[0].socket.getsockname()[0])
+                if self.config.relay:
+                    relay = await nursery.start(
+                        lambda task_status: serve_secure(
+                            self.relays.serve,
+                            self.identity,
+                            host=bound,
+                            port=self.config.relay_port,
+                            authorize=self._authorize_relay,
+                            handshake_timeout=self.config.handshake_timeout,
+                            task_status=task_status,
+                        )
+                    )
+                    self.relay_address = m.Address(bound, int(relay[0].socket.getsockname()[1]))
+                dht_host = self._dht_host(bound)
                 if dht_host is not None:
                     await nursery.start(self._run_dht, dht_host)
                 nursery.start_soon(self._ticker)
@@ -156,6 +173,11 @@ class BoardServer:
             log.info("DHT node on udp %s:%d", *node.address)
             task_status.started()
             await trio.sleep_forever()
+
+    def _authorize_relay(self, peer: PeerInfo) -> str | None:
+        if self.store.user_for_fingerprint(peer.fingerprint) is None:
+            return "only the board's users may use its relay"
+        return None
 
     # -- admission --------------------------------------------------------------------
 
@@ -191,7 +213,16 @@ class BoardServer:
         if old is not None:
             old.cancel.cancel()
         self.sessions[s.peer_id] = s
-        s.push(m.Welcome(account, s.observed, self.config.registration, self.config.heartbeat_interval, self.dht_address))
+        s.push(
+            m.Welcome(
+                account,
+                s.observed,
+                self.config.registration,
+                self.config.heartbeat_interval,
+                self.dht_address,
+                self.relay_address,
+            )
+        )
         log.info("session %s from %s", peer, addr)
         try:
             with s.cancel, unwrap_single_group():
@@ -378,6 +409,18 @@ class BoardServer:
             self._route(self.scheduler.return_lease(lease_id, now))
         return None
 
+    def _on_relay_open(self, s: Session, msg: m.RelayOpen) -> Any:
+        """A token for ``s`` to reach a live worker of a cluster it belongs to."""
+        worker = self.sessions.get(str(PeerId(msg.worker_peer_id)))
+        if worker is None or worker.worker_cluster is None:
+            raise BoardRequestError("that worker is not connected to this board", "NoSuchWorker")
+        self._require_member(s, worker.worker_cluster)
+        if not self.config.relay:
+            raise BoardRequestError("this board relays nothing", "NoRelay")
+        token = self.relays.offer(s.peer_id, worker.peer_id)
+        worker.push(m.RelayIncoming(token, bytes(s.peer.peer_id)))
+        return token
+
     def _on_status(self, s: Session, msg: m.StatusRequest) -> Any:
         assert s.user is not None
         if msg.cluster is not None:
@@ -415,6 +458,7 @@ class BoardServer:
         m.LeaseCancel: _on_lease_cancel,
         m.LeaseReturn: _on_lease_return,
         m.StatusRequest: _on_status,
+        m.RelayOpen: _on_relay_open,
     }
 
     # -- events out -------------------------------------------------------------------

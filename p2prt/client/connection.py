@@ -52,6 +52,7 @@ class WorkerConnection:
         self.sent_fns: set[bytes] = set()
         self.inflight: dict[int, Any] = {}
         self.closed = False
+        self.path = "direct"  # or "relayed"
         self._on_message = on_message
         self._outbox = Outbox(channel)
         self._replies = Replies()

@@ -44,7 +44,7 @@ from typing import TYPE_CHECKING, Any
 
 import trio
 
-from ..board.client import BoardClient
+from ..board.client import BoardClient, parse_board_address
 from ..board.link import BoardLink
 from ..errors import (
     GetTimeoutError,
@@ -60,8 +60,9 @@ from ..identity.certificate import NodeIdentity, PeerId
 from ..identity.known_boards import KnownBoards
 from ..serialization import dumps, loads, ship_by_value, ship_user_modules
 from ..serialization.held import HeldRef
-from ..transport import DEFAULT_MAX_ATTACHMENT_BYTES, MessageChannel, local_address, open_secure_stream
+from ..transport import DEFAULT_MAX_ATTACHMENT_BYTES, MessageChannel, NoiseStream, local_address, open_secure_stream
 from ..transport._errors import unwrap_single_group
+from ..transport.relay import open_relay
 from ..wire import board as bm
 from ..wire import peer as pm
 from ..wire.handshake import local_versions
@@ -636,6 +637,7 @@ class ClientRuntime:
         event = self._connecting[peer] = trio.Event()
         try:
             last: P2prtError | None = None
+            path = "direct"
             for addr in addrs:
                 try:
                     stream = await open_secure_stream(
@@ -645,9 +647,16 @@ class ClientRuntime:
                 except P2prtError as exc:
                     last = exc
             else:
-                raise last or P2prtError("the worker announced no address")
+                try:
+                    stream = await self._relay_to(peer)
+                except P2prtError as exc:
+                    raise P2prtError(
+                        f"cannot reach worker {PeerId(peer)}: {last or 'it announced no address'}; relay: {exc}"
+                    ) from exc
+                path = "relayed"
             channel = MessageChannel(stream, max_attachment_bytes=DEFAULT_MAX_ATTACHMENT_BYTES)
             conn = WorkerConnection(channel, self._on_worker_message)
+            conn.path = path
             self._conns[peer] = conn
             assert self._nursery is not None
             self._nursery.start_soon(self._serve_connection, conn)
@@ -655,6 +664,27 @@ class ClientRuntime:
         finally:
             event.set()
             self._connecting.pop(peer, None)
+
+    async def _relay_to(self, peer: bytes) -> NoiseStream:
+        """An end-to-end Noise session with ``peer`` through the board's relay."""
+        board = self._board
+        relay = board.welcome.relay if board is not None else None
+        if board is None or relay is None:
+            raise P2prtError("the board offers no relay")
+        token = await board.call(lambda rid: bm.RelayOpen(rid, peer))
+        if not isinstance(token, bytes):
+            raise P2prtError("the board answered a relay request without a token")
+        host, _ = parse_board_address(self.board_address)
+        self.stats["relayed_connections"] += 1
+        return await open_relay(
+            host,
+            relay.port,
+            self.identity,
+            token,
+            board_peer_id=board.channel.peer.peer_id,
+            peer_id=PeerId(peer),
+            initiator=True,
+        )
 
     async def _serve_connection(self, conn: WorkerConnection) -> None:
         try:
@@ -669,9 +699,9 @@ class ClientRuntime:
         finally:
             conn.fail_pending()
             stream = conn.channel.stream
-            counted = self._traffic.setdefault(conn.peer_id, [conn.name, 0, 0])
-            counted[1] += stream.bytes_sent
-            counted[2] += stream.bytes_received
+            counted = self._traffic.setdefault(conn.peer_id, [conn.name, {}, {}])
+            counted[1][conn.path] = counted[1].get(conn.path, 0) + stream.bytes_sent
+            counted[2][conn.path] = counted[2].get(conn.path, 0) + stream.bytes_received
             if self._conns.get(conn.peer_id) is conn:
                 del self._conns[conn.peer_id]
             self._connection_lost(conn)
@@ -868,15 +898,13 @@ class ClientRuntime:
 
     def traffic_report(self) -> dict[str, Any]:
         """Bytes exchanged with each peer, by path (runtime thread)."""
-        report: dict[str, Any] = {}
-        totals = {p: list(v) for p, v in self._traffic.items()}
+        totals: dict[bytes, list[Any]] = {p: [u, dict(sent), dict(rec)] for p, (u, sent, rec) in self._traffic.items()}
         for peer, conn in self._conns.items():
-            entry = totals.setdefault(peer, [conn.name, 0, 0])
-            entry[1] += conn.channel.stream.bytes_sent
-            entry[2] += conn.channel.stream.bytes_received
-        for peer, (user, sent, received) in totals.items():
-            report[str(PeerId(peer))] = {"user": user, "sent": {"direct": sent}, "received": {"direct": received}}
-        return report
+            entry = totals.setdefault(peer, [conn.name, {}, {}])
+            stream = conn.channel.stream
+            entry[1][conn.path] = entry[1].get(conn.path, 0) + stream.bytes_sent
+            entry[2][conn.path] = entry[2].get(conn.path, 0) + stream.bytes_received
+        return {str(PeerId(p)): {"user": u, "sent": sent, "received": rec} for p, (u, sent, rec) in totals.items()}
 
     async def collect_traffic(self) -> dict[str, Any]:
         """This process's counters and those of every worker it is connected to."""

@@ -62,6 +62,7 @@ class Welcome(Message):
     registration: str
     heartbeat_interval: float
     dht: Address | None = None  # the board's DHT node: every peer's bootstrap
+    relay: Address | None = None  # where relay connections go (see RelayAttach)
 
 
 @message("board.ok")
@@ -227,3 +228,36 @@ class LeaseUnsatisfiable(Message):
     reason: str
     num_cpus: int | None = None
     resources: dict[str, float] | None = None
+
+
+# -- relay ------------------------------------------------------------------------------
+
+
+@message("board.relay_open")
+class RelayOpen(Message):
+    """A script that cannot dial worker ``worker_peer_id`` asks for a relay; the Ok value
+    is a one-time token (bytes) to present on the relay port."""
+
+    rid: int
+    worker_peer_id: bytes
+
+
+@message("board.relay_incoming")
+class RelayIncoming(Message):
+    """Push to a worker: ``client_peer_id`` waits on the relay port with ``token``."""
+
+    token: bytes
+    client_peer_id: bytes
+
+
+@message("board.relay_attach")
+class RelayAttach(Message):
+    """First message on a relay connection (the board's relay port)."""
+
+    token: bytes
+
+
+@message("board.relay_ready")
+class RelayReady(Message):
+    """Both ends are attached: from now on every byte is the other end's (an end-to-end
+    Noise session the board cannot read)."""

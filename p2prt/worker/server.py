@@ -30,7 +30,7 @@ from typing import TYPE_CHECKING, Any
 
 import trio
 
-from ..board.client import BoardClient
+from ..board.client import BoardClient, parse_board_address
 from ..board.link import BoardLink
 from ..errors import P2prtError
 from ..identity.certificate import NodeIdentity, PeerId
@@ -44,11 +44,12 @@ from ..transport import (
     local_address,
     serve_secure,
 )
+from ..transport.relay import open_relay
 from ..transport.replies import Replies
 from ..wire import board as bm
 from ..wire import peer as pm
 from ..wire.control import ErrorReply
-from ..wire.handshake import local_versions
+from ..wire.handshake import PeerInfo, local_versions
 from ..wire.messages import Message
 from ._attach import allocate as shared_memory
 from ._objects import HeldObjects, PeerTraffic, fetch_from, payload_size
@@ -95,6 +96,7 @@ class _ClientConn:
     tasks: dict[int, tuple[int, str]] = field(default_factory=dict)  # pool id -> (client id, lease)
     holds: dict[int, tuple[bytes, int]] = field(default_factory=dict)  # pool id -> (object id, hold_over)
     replies: Replies = field(default_factory=Replies)
+    path: str = "direct"  # or "relayed"
     outbox: Outbox = field(init=False)
 
     def __post_init__(self) -> None:
@@ -257,6 +259,10 @@ class WorkerServer:
             self._nursery.start_soon(run)
 
     async def _on_board_push(self, msg: Message) -> None:
+        if isinstance(msg, bm.RelayIncoming):
+            if self._nursery is not None:
+                self._nursery.start_soon(self._accept_relay, msg)
+            return
         if isinstance(msg, bm.LeaseRevoked):
             self._revoked.add(msg.lease_id)
             for conn in self._clients.values():
@@ -288,9 +294,37 @@ class WorkerServer:
             return "the lease was revoked"
         return None
 
-    async def _serve_client(self, stream: NoiseStream) -> None:
+    async def _accept_relay(self, msg: bm.RelayIncoming) -> None:
+        """A script that cannot dial us waits on the board's relay: meet it there."""
+        client = self._board
+        relay = client.welcome.relay if client is not None else None
+        if client is None or relay is None:
+            return
+        host, _ = parse_board_address(self.config.board_address)
+        expected = bytes(msg.client_peer_id)
+
+        def authorize(peer: PeerInfo) -> str | None:
+            return None if bytes(peer.peer_id) == expected else "not the peer this relay was opened for"
+
+        try:
+            stream = await open_relay(
+                host, relay.port, self.identity, msg.token,
+                board_peer_id=client.channel.peer.peer_id, authorize=authorize, initiator=False,
+            )
+        except P2prtError as exc:
+            log.info("relayed connection failed: %s", exc)
+            return
+        try:
+            await self._serve_client(stream, path="relayed")
+        except (P2prtError, trio.BrokenResourceError, trio.ClosedResourceError, OSError) as exc:
+            log.info("relayed connection with %s ended: %s", stream.peer, exc)
+        finally:
+            await trio.aclose_forcefully(stream)
+
+    async def _serve_client(self, stream: NoiseStream, path: str = "direct") -> None:
         conn = _ClientConn(
-            MessageChannel(stream, max_attachment_bytes=DEFAULT_MAX_ATTACHMENT_BYTES, allocate=shared_memory)
+            MessageChannel(stream, max_attachment_bytes=DEFAULT_MAX_ATTACHMENT_BYTES, allocate=shared_memory),
+            path=path,
         )
         peer = bytes(stream.peer.peer_id)
         old = self._clients.get(peer)
@@ -302,7 +336,7 @@ class WorkerServer:
                     self._on_client_message(conn, stream, msg)
                 nursery.cancel_scope.cancel()
         finally:
-            self._count_traffic(peer, stream.peer.user, "direct", stream.bytes_sent, stream.bytes_received)
+            self._count_traffic(peer, stream.peer.user, path, stream.bytes_sent, stream.bytes_received)
             if self._clients.get(peer) is conn:
                 del self._clients[peer]
                 self.held.drop_owner(peer)
@@ -450,8 +484,8 @@ class WorkerServer:
         for peer, conn in self._clients.items():
             entry = peers.setdefault(str(PeerId(peer)), PeerTraffic(conn.channel.peer.user).as_dict())
             stream = conn.channel.stream
-            entry["sent"]["direct"] = entry["sent"].get("direct", 0) + stream.bytes_sent
-            entry["received"]["direct"] = entry["received"].get("direct", 0) + stream.bytes_received
+            entry["sent"][conn.path] = entry["sent"].get(conn.path, 0) + stream.bytes_sent
+            entry["received"][conn.path] = entry["received"].get(conn.path, 0) + stream.bytes_received
         dht = {"address": list(self.dht.address)} if self.dht is not None else None
         return {"peers": peers, "held": {"objects": len(self.held), "bytes": self.held.bytes_held}, "dht": dht}
 

@@ -481,3 +481,27 @@ def test_the_driver_finds_a_leased_worker_through_the_dht(
     finally:
         p2prt.shutdown()
         worker.stop()
+
+
+def test_a_worker_nobody_can_dial_is_reached_through_the_board_relay(
+    site: Site, driver: Callable[..., p2prt.ClusterInfo]
+) -> None:
+    import hashlib
+
+    # It listens on 127.0.0.2 but announces 127.0.0.3, where nothing listens: every
+    # direct dial is refused, so the script goes through the board's relay.
+    worker = site.worker("bob", "--cpus", "1", "--resources", "hidden=1", "--listen", "127.0.0.2", "--announce", "127.0.0.3")
+    try:
+        worker.wait_for(READY_LINE)
+        driver("carol")
+        runtime = p2prt._api._runtime
+        assert runtime is not None
+        payload = os.urandom(4 << 20)
+        ref = p2prt.remote(digest).options(resources={"hidden": 1}).remote(payload)
+        assert p2prt.get(ref, timeout=60) == (len(payload), hashlib.sha256(payload).hexdigest())
+        assert runtime.stats["relayed_connections"] >= 1
+        relayed = [e for e in p2prt.stats()["peers"].values() if "relayed" in e["sent"]]
+        assert relayed and relayed[0]["sent"]["relayed"] >= len(payload)
+    finally:
+        p2prt.shutdown()
+        worker.stop()
