@@ -61,6 +61,11 @@ log = logging.getLogger(__name__)
 _NO_REPLY = object()  # a handler that already pushed its Ok returns this
 
 
+PUNCH_DELAY = 0.3
+"""Seconds from the board's message to the start of a hole punch: time for both
+messages to arrive (a peer's clock is never compared with the board's)."""
+
+
 @dataclass(eq=False)
 class Session:
     """One connected peer."""
@@ -103,6 +108,7 @@ class BoardServer:
         self.dht_address: m.Address | None = None
         self.relay_address: m.Address | None = None
         self.relays = RelayHub(max_relays=config.max_relays, rate=config.relay_rate)
+        self.punches = 0
         self._data_version = self.store.data_version()
 
     @property
@@ -421,6 +427,18 @@ class BoardServer:
         worker.push(m.RelayIncoming(token, bytes(s.peer.peer_id)))
         return token
 
+    def _on_punch_request(self, s: Session, msg: m.PunchRequest) -> Any:
+        """Tell a worker and a script to connect to each other's observed address at once."""
+        worker = self.sessions.get(str(PeerId(msg.worker_peer_id)))
+        if worker is None or worker.worker_cluster is None:
+            raise BoardRequestError("that worker is not connected to this board", "NoSuchWorker")
+        self._require_member(s, worker.worker_cluster)
+        if s.observed is None or worker.observed is None:
+            raise BoardRequestError("the board does not know both addresses", "NoObservedAddress")
+        worker.push(m.PunchStart(bytes(s.peer.peer_id), s.observed, PUNCH_DELAY))
+        self.punches += 1
+        return {"host": worker.observed.host, "port": worker.observed.port, "delay": PUNCH_DELAY}
+
     def _on_status(self, s: Session, msg: m.StatusRequest) -> Any:
         assert s.user is not None
         if msg.cluster is not None:
@@ -459,6 +477,7 @@ class BoardServer:
         m.LeaseReturn: _on_lease_return,
         m.StatusRequest: _on_status,
         m.RelayOpen: _on_relay_open,
+        m.PunchRequest: _on_punch_request,
     }
 
     # -- events out -------------------------------------------------------------------

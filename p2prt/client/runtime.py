@@ -35,6 +35,7 @@ import heapq
 import itertools
 import logging
 import math
+import os
 import pickle
 import sys
 import threading
@@ -62,7 +63,10 @@ from ..serialization import dumps, loads, ship_by_value, ship_user_modules
 from ..serialization.held import HeldRef
 from ..transport import DEFAULT_MAX_ATTACHMENT_BYTES, MessageChannel, NoiseStream, local_address, open_secure_stream
 from ..transport._errors import unwrap_single_group
+from ..transport.noise_stream import noise_connect
+from ..transport.punch import punch
 from ..transport.relay import open_relay
+from ..transport.tcp import HANDSHAKE_TIMEOUT
 from ..wire import board as bm
 from ..wire import peer as pm
 from ..wire.handshake import local_versions
@@ -82,6 +86,15 @@ log = logging.getLogger(__name__)
 LINGER = 1.0
 DHT_LOOKUP_TIMEOUT = 2.0
 """Seconds a DHT lookup may take before the board's addresses are used."""
+NAT_PATHS = ("direct", "punch", "relay")
+
+
+def _nat_paths() -> tuple[str, ...]:
+    """Ways to reach a worker, in order (``$P2PRT_NAT_PATHS``, e.g. ``direct,relay``)."""
+    text = os.environ.get("P2PRT_NAT_PATHS", "")
+    return tuple(p.strip() for p in text.split(",") if p.strip()) if text else NAT_PATHS
+
+
 HOLD_OVER = 1 << 20
 """Values of at least this many bytes stay on the worker that produced them."""
 """Seconds an idle lease is kept before it is returned to the board."""
@@ -192,6 +205,7 @@ class ClientRuntime:
                 on_push=self._on_board_push,
                 known_boards=self._known_boards,
                 pin=self._pin,
+                local_port=0,  # a port a hole punch can later reuse
             )
             await nursery.start(link.run)
             self._link = link
@@ -647,13 +661,7 @@ class ClientRuntime:
                 except P2prtError as exc:
                     last = exc
             else:
-                try:
-                    stream = await self._relay_to(peer)
-                except P2prtError as exc:
-                    raise P2prtError(
-                        f"cannot reach worker {PeerId(peer)}: {last or 'it announced no address'}; relay: {exc}"
-                    ) from exc
-                path = "relayed"
+                stream, path = await self._reach_indirectly(peer, last)
             channel = MessageChannel(stream, max_attachment_bytes=DEFAULT_MAX_ATTACHMENT_BYTES)
             conn = WorkerConnection(channel, self._on_worker_message)
             conn.path = path
@@ -664,6 +672,45 @@ class ClientRuntime:
         finally:
             event.set()
             self._connecting.pop(peer, None)
+
+    async def _reach_indirectly(self, peer: bytes, direct: P2prtError | None) -> tuple[NoiseStream, str]:
+        """No address of the worker could be dialled: punch a hole, else relay."""
+        errors = [f"direct: {direct or 'it announced no address'}"]
+        paths = _nat_paths()
+        if "punch" in paths:
+            try:
+                return await self._punch_to(peer), "punched"
+            except P2prtError as exc:
+                errors.append(f"hole punch: {exc}")
+        if "relay" in paths:
+            try:
+                return await self._relay_to(peer), "relayed"
+            except P2prtError as exc:
+                errors.append(f"relay: {exc}")
+        raise P2prtError(f"cannot reach worker {PeerId(peer)}: " + "; ".join(errors))
+
+    async def _punch_to(self, peer: bytes) -> NoiseStream:
+        """A direct connection to ``peer`` by simultaneous open, from our board port."""
+        board = self._board
+        local = local_address(board.channel.stream) if board is not None else None
+        if board is None or local is None:
+            raise P2prtError("not connected to the board")
+        answer = await board.call(lambda rid: bm.PunchRequest(rid, peer))
+        if not isinstance(answer, dict):
+            raise P2prtError("the board answered a punch request without an address")
+        self.stats["punch_attempts"] += 1
+        tcp = await punch(local[1], str(answer["host"]), int(answer["port"]), delay=float(answer["delay"]))
+        try:
+            with trio.fail_after(HANDSHAKE_TIMEOUT):
+                stream = await noise_connect(tcp, self.identity, expected_peer_id=PeerId(peer))
+        except trio.TooSlowError:
+            await trio.aclose_forcefully(tcp)
+            raise P2prtError("no handshake over the punched connection") from None
+        except BaseException:
+            await trio.aclose_forcefully(tcp)
+            raise
+        self.stats["punched_connections"] += 1
+        return stream
 
     async def _relay_to(self, peer: bytes) -> NoiseStream:
         """An end-to-end Noise session with ``peer`` through the board's relay."""

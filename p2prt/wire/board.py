@@ -261,3 +261,26 @@ class RelayAttach(Message):
 class RelayReady(Message):
     """Both ends are attached: from now on every byte is the other end's (an end-to-end
     Noise session the board cannot read)."""
+
+
+# -- hole punching ---------------------------------------------------------------------
+
+
+@message("board.punch_request")
+class PunchRequest(Message):
+    """A script asks to punch through to worker ``worker_peer_id``. The Ok value is
+    ``{"host", "port", "delay"}``: the worker's observed address, and when (seconds from
+    now) to start connecting; the worker gets ``board.punch_start`` at the same time."""
+
+    rid: int
+    worker_peer_id: bytes
+
+
+@message("board.punch_start")
+class PunchStart(Message):
+    """To a worker: connect from your listening port to ``address`` (the script
+    ``client_peer_id``'s observed address) in ``delay`` seconds; it will do the same."""
+
+    client_peer_id: bytes
+    address: Address
+    delay: float

@@ -44,8 +44,11 @@ from ..transport import (
     local_address,
     serve_secure,
 )
+from ..transport.noise_stream import noise_accept
+from ..transport.punch import punch
 from ..transport.relay import open_relay
 from ..transport.replies import Replies
+from ..transport.tcp import HANDSHAKE_TIMEOUT
 from ..wire import board as bm
 from ..wire import peer as pm
 from ..wire.control import ErrorReply
@@ -259,6 +262,10 @@ class WorkerServer:
             self._nursery.start_soon(run)
 
     async def _on_board_push(self, msg: Message) -> None:
+        if isinstance(msg, bm.PunchStart):
+            if self._nursery is not None:
+                self._nursery.start_soon(self._punch, msg)
+            return
         if isinstance(msg, bm.RelayIncoming):
             if self._nursery is not None:
                 self._nursery.start_soon(self._accept_relay, msg)
@@ -293,6 +300,33 @@ class WorkerServer:
         if ticket.lease_id in self._revoked:
             return "the lease was revoked"
         return None
+
+    async def _punch(self, msg: bm.PunchStart) -> None:
+        """A script behind a NAT punches through to us: connect to it from our listening
+        port at the same moment; the script runs the handshake as initiator."""
+        expected = bytes(msg.client_peer_id)
+
+        def authorize(peer: PeerInfo) -> str | None:
+            return None if bytes(peer.peer_id) == expected else "not the peer this punch was for"
+
+        try:
+            tcp = await punch(self._port, msg.address.host, msg.address.port, delay=msg.delay)
+        except P2prtError as exc:
+            log.info("hole punch to %s:%d failed: %s", msg.address.host, msg.address.port, exc)
+            return
+        try:
+            with trio.fail_after(HANDSHAKE_TIMEOUT):
+                stream = await noise_accept(tcp, self.identity, authorize=authorize)
+        except (P2prtError, trio.TooSlowError, trio.BrokenResourceError, OSError) as exc:
+            log.info("handshake over a punched connection failed: %r", exc)
+            await trio.aclose_forcefully(tcp)
+            return
+        try:
+            await self._serve_client(stream, path="punched")
+        except (P2prtError, trio.BrokenResourceError, trio.ClosedResourceError, OSError) as exc:
+            log.info("punched connection with %s ended: %s", stream.peer, exc)
+        finally:
+            await trio.aclose_forcefully(stream)
 
     async def _accept_relay(self, msg: bm.RelayIncoming) -> None:
         """A script that cannot dial us waits on the board's relay: meet it there."""
