@@ -87,6 +87,9 @@ LINGER = 1.0
 DHT_LOOKUP_TIMEOUT = 2.0
 """Seconds a DHT lookup may take before the board's addresses are used."""
 NAT_PATHS = ("direct", "punch", "relay")
+DIAL_TIMEOUT = 3.0
+"""Seconds for one direct dial of a worker address (a home router that drops unsolicited
+connections never answers; then the next address, a hole punch or the relay)."""
 
 
 def _nat_paths() -> tuple[str, ...]:
@@ -655,7 +658,7 @@ class ClientRuntime:
             for addr in addrs:
                 try:
                     stream = await open_secure_stream(
-                        addr.host, addr.port, self.identity, expected_peer_id=PeerId(peer)
+                        addr.host, addr.port, self.identity, expected_peer_id=PeerId(peer), timeout=DIAL_TIMEOUT
                     )
                     break
                 except P2prtError as exc:
