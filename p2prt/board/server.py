@@ -415,12 +415,17 @@ class BoardServer:
             self._route(self.scheduler.return_lease(lease_id, now))
         return None
 
-    def _on_relay_open(self, s: Session, msg: m.RelayOpen) -> Any:
-        """A token for ``s`` to reach a live worker of a cluster it belongs to."""
-        worker = self.sessions.get(str(PeerId(msg.worker_peer_id)))
+    def _reachable_worker(self, s: Session, peer_id: bytes) -> Session:
+        """The session of a live worker of a cluster ``s`` belongs to."""
+        worker = self.sessions.get(str(PeerId(peer_id)))
         if worker is None or worker.worker_cluster is None:
             raise BoardRequestError("that worker is not connected to this board", "NoSuchWorker")
         self._require_member(s, worker.worker_cluster)
+        return worker
+
+    def _on_relay_open(self, s: Session, msg: m.RelayOpen) -> Any:
+        """A token for ``s`` to reach a live worker of a cluster it belongs to."""
+        worker = self._reachable_worker(s, msg.worker_peer_id)
         if not self.config.relay:
             raise BoardRequestError("this board relays nothing", "NoRelay")
         token = self.relays.offer(s.peer_id, worker.peer_id)
@@ -429,10 +434,7 @@ class BoardServer:
 
     def _on_punch_request(self, s: Session, msg: m.PunchRequest) -> Any:
         """Tell a worker and a script to connect to each other's observed address at once."""
-        worker = self.sessions.get(str(PeerId(msg.worker_peer_id)))
-        if worker is None or worker.worker_cluster is None:
-            raise BoardRequestError("that worker is not connected to this board", "NoSuchWorker")
-        self._require_member(s, worker.worker_cluster)
+        worker = self._reachable_worker(s, msg.worker_peer_id)
         if s.observed is None or worker.observed is None:
             raise BoardRequestError("the board does not know both addresses", "NoObservedAddress")
         worker.push(m.PunchStart(bytes(s.peer.peer_id), s.observed, PUNCH_DELAY))

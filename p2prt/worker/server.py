@@ -304,11 +304,6 @@ class WorkerServer:
     async def _punch(self, msg: bm.PunchStart) -> None:
         """A script behind a NAT punches through to us: connect to it from our listening
         port at the same moment; the script runs the handshake as initiator."""
-        expected = bytes(msg.client_peer_id)
-
-        def authorize(peer: PeerInfo) -> str | None:
-            return None if bytes(peer.peer_id) == expected else "not the peer this punch was for"
-
         try:
             tcp = await punch(self._port, msg.address.host, msg.address.port, delay=msg.delay)
         except P2prtError as exc:
@@ -316,17 +311,12 @@ class WorkerServer:
             return
         try:
             with trio.fail_after(HANDSHAKE_TIMEOUT):
-                stream = await noise_accept(tcp, self.identity, authorize=authorize)
+                stream = await noise_accept(tcp, self.identity, authorize=_only(msg.client_peer_id))
         except (P2prtError, trio.TooSlowError, trio.BrokenResourceError, OSError) as exc:
             log.info("handshake over a punched connection failed: %r", exc)
             await trio.aclose_forcefully(tcp)
             return
-        try:
-            await self._serve_client(stream, path="punched")
-        except (P2prtError, trio.BrokenResourceError, trio.ClosedResourceError, OSError) as exc:
-            log.info("punched connection with %s ended: %s", stream.peer, exc)
-        finally:
-            await trio.aclose_forcefully(stream)
+        await self._serve_indirect(stream, "punched")
 
     async def _accept_relay(self, msg: bm.RelayIncoming) -> None:
         """A script that cannot dial us waits on the board's relay: meet it there."""
@@ -335,23 +325,21 @@ class WorkerServer:
         if client is None or relay is None:
             return
         host, _ = parse_board_address(self.config.board_address)
-        expected = bytes(msg.client_peer_id)
-
-        def authorize(peer: PeerInfo) -> str | None:
-            return None if bytes(peer.peer_id) == expected else "not the peer this relay was opened for"
-
         try:
             stream = await open_relay(
                 host, relay.port, self.identity, msg.token,
-                board_peer_id=client.channel.peer.peer_id, authorize=authorize, initiator=False,
+                board_peer_id=client.channel.peer.peer_id, authorize=_only(msg.client_peer_id), initiator=False,
             )
         except P2prtError as exc:
             log.info("relayed connection failed: %s", exc)
             return
+        await self._serve_indirect(stream, "relayed")
+
+    async def _serve_indirect(self, stream: NoiseStream, path: str) -> None:
         try:
-            await self._serve_client(stream, path="relayed")
+            await self._serve_client(stream, path=path)
         except (P2prtError, trio.BrokenResourceError, trio.ClosedResourceError, OSError) as exc:
-            log.info("relayed connection with %s ended: %s", stream.peer, exc)
+            log.info("%s connection with %s ended: %s", path, stream.peer, exc)
         finally:
             await trio.aclose_forcefully(stream)
 
@@ -620,3 +608,13 @@ class WorkerServer:
             assert isinstance(reply, pm.NestedValues)
             return [(v.object_id, v.status, v.data, list(v.buffers), v.message) for v in reply.values]
         raise P2prtError(f"unknown nested request {kind!r}")
+
+
+def _only(peer_id: bytes) -> Callable[[PeerInfo], str | None]:
+    """An authorizer that accepts exactly the peer a punch or relay was set up for."""
+    expected = bytes(peer_id)
+
+    def authorize(peer: PeerInfo) -> str | None:
+        return None if bytes(peer.peer_id) == expected else "not the peer this connection was set up for"
+
+    return authorize
