@@ -88,6 +88,7 @@ class BoardClient:
         send, self.pushes = trio.open_memory_channel[Message](math.inf)
         self._push_send = send
         self.busy = 0
+        self.paths: dict[str, int] | None = None  # a worker's client connections by path
 
     @property
     def user(self) -> str | None:
@@ -132,9 +133,13 @@ class BoardClient:
         while True:
             await trio.sleep(self.welcome.heartbeat_interval)
             try:
-                await self.channel.send(Heartbeat(self.busy))
+                await self.heartbeat()
             except P2prtError:
                 return
+
+    async def heartbeat(self) -> None:
+        """Send a heartbeat now (e.g. when what it reports changed)."""
+        await self.channel.send(Heartbeat(self.busy, self.paths))
 
 
 @asynccontextmanager

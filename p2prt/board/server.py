@@ -61,6 +61,8 @@ log = logging.getLogger(__name__)
 _NO_REPLY = object()  # a handler that already pushed its Ok returns this
 
 
+DIAL_BACK_TIMEOUT = 2.0
+"""Seconds the board tries to reach a new worker at its observed address."""
 PUNCH_DELAY = 0.3
 """Seconds from the board's message to the start of a hole punch: time for both
 messages to arrive (a peer's clock is never compared with the board's)."""
@@ -79,6 +81,8 @@ class Session:
     cancel: trio.CancelScope = field(default_factory=trio.CancelScope)
     worker_cluster: str | None = None
     listen: list[m.Address] = field(default_factory=list)
+    paths: dict[str, int] = field(default_factory=dict)  # a worker's client connections
+    public: bool | None = None  # the board could dial the worker back (None: not known yet)
     registration: m.WorkerRegister | None = None
 
     def push(self, msg: Message) -> None:
@@ -109,6 +113,7 @@ class BoardServer:
         self.relay_address: m.Address | None = None
         self.relays = RelayHub(max_relays=config.max_relays, rate=config.relay_rate)
         self.punches = 0
+        self._nursery: trio.Nursery | None = None
         self._data_version = self.store.data_version()
 
     @property
@@ -125,6 +130,7 @@ class BoardServer:
         (bound and listening already) is served instead of the configured host and port."""
         try:
             async with trio.open_nursery() as nursery:
+                self._nursery = nursery
                 listeners = await nursery.start(
                     lambda task_status: serve_secure(
                         self._session,
@@ -302,6 +308,8 @@ class BoardServer:
 
     def _on_heartbeat(self, s: Session, msg: m.Heartbeat) -> Any:
         now = self.clock()
+        if msg.paths is not None:
+            s.paths = dict(msg.paths)
         self.scheduler.heartbeat_client(s.peer_id, now)
         if s.registration is not None:
             try:
@@ -367,6 +375,22 @@ class BoardServer:
         self._route(events)
         if msg.cluster in self._parked:
             self._unpark(msg.cluster)
+        if self._nursery is not None and s.observed is not None and s.public is None:
+            self._nursery.start_soon(self._dial_back, s, s.observed)
+
+    async def _dial_back(self, s: Session, addr: m.Address) -> None:
+        """Is the worker reachable at the address we see it at? (Its board connection
+        leaves from its listening port, so that is where others would dial.)"""
+        with trio.move_on_after(DIAL_BACK_TIMEOUT):
+            try:
+                tcp = await trio.open_tcp_stream(addr.host, addr.port)
+            except OSError:
+                s.public = False
+                return
+            await trio.aclose_forcefully(tcp)
+            s.public = True
+            return
+        s.public = False
 
     def _on_lease_request(self, s: Session, msg: m.LeaseRequest) -> Any:
         self._require_member(s, msg.cluster)
@@ -441,6 +465,17 @@ class BoardServer:
         self.punches += 1
         return {"host": worker.observed.host, "port": worker.observed.port, "delay": PUNCH_DELAY}
 
+    @staticmethod
+    def _reachability(s: Session | None) -> str:
+        """``public`` (the board could dial it back at the address it sees), else how
+        scripts reach it now (``punched``, ``relayed``, both), else ``behind NAT``."""
+        if s is None:
+            return "unknown"
+        if s.public:
+            return "public"
+        ways = [p for p in ("punched", "relayed") if s.paths.get(p)]
+        return "+".join(ways) if ways else "behind NAT"
+
     def _on_status(self, s: Session, msg: m.StatusRequest) -> Any:
         assert s.user is not None
         if msg.cluster is not None:
@@ -449,6 +484,8 @@ class BoardServer:
         else:
             visible = {c.name for c in self.store.clusters_for(s.user)}
         status = status_to_wire(self.scheduler.status(), visible)
+        for w in status["workers"]:
+            w["reachability"] = self._reachability(self.sessions.get(w["peer_id"]))
         for cluster, parked in self._parked.items():
             if cluster in visible:
                 for sess, req in parked:

@@ -154,10 +154,12 @@ def print_status(status: dict[str, Any]) -> None:
     workers = status["workers"]
     print(f"Workers ({len(workers)}):")
     if workers:
-        print(f"  {'cluster':<24} {'user':<12} {'host':<20} {'slots':>5} {'busy':>5}  peer")
+        print(f"  {'cluster':<24} {'user':<12} {'host':<20} {'slots':>5} {'busy':>5}  {'reachability':<14} peer")
     for w in workers:
+        reach = w.get("reachability", "")
         print(
-            f"  {w['cluster']:<24} {w['user']:<12} {w['host']:<20} {w['slots']:>5} {w['busy']:>5}  {w['peer_id'][:12]}"
+            f"  {w['cluster']:<24} {w['user']:<12} {w['host']:<20} {w['slots']:>5} {w['busy']:>5}  "
+            f"{reach:<14} {w['peer_id'][:12]}"
         )
     print(f"Leases per user ({sum(u['leases'] for u in status['leases'])}):")
     for u in status["leases"]:

@@ -84,9 +84,12 @@ class Register(Message):
 
 @message("board.heartbeat")
 class Heartbeat(Message):
-    """Keeps the session, its worker registration and its leases alive."""
+    """Keeps the session, its worker registration and its leases alive. A worker also
+    says how many client connections it has by path (``direct``, ``punched``,
+    ``relayed``), for ``p2prt status``."""
 
     busy: int = 0
+    paths: dict[str, int] | None = None
 
 
 @message("board.cluster_create")

@@ -351,6 +351,7 @@ class WorkerServer:
         peer = bytes(stream.peer.peer_id)
         old = self._clients.get(peer)
         self._clients[peer] = conn
+        self._report_paths()
         try:
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(conn.outbox.run)
@@ -362,6 +363,7 @@ class WorkerServer:
             if self._clients.get(peer) is conn:
                 del self._clients[peer]
                 self.held.drop_owner(peer)
+            self._report_paths()
             for pool_id in list(conn.tasks):
                 self.pool.cancel(pool_id, force=True)
                 self._owner.pop(pool_id, None)
@@ -493,6 +495,18 @@ class WorkerServer:
             conn.enqueue(pm.TaskResults(items))
         if self._board is not None:
             self._board.busy = len(self._owner)
+
+    def _report_paths(self) -> None:
+        """Tell the board how scripts reach us now (shown by ``p2prt status``)."""
+        board = self._board
+        if board is None:
+            return
+        paths: dict[str, int] = {}
+        for conn in self._clients.values():
+            paths[conn.path] = paths.get(conn.path, 0) + 1
+        if paths != board.paths:
+            board.paths = paths
+            self._background(board.heartbeat())
 
     # -- held values
 

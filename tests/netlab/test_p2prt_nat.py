@@ -43,12 +43,18 @@ results = p2prt.get([digest.remote(payload) for _ in range(99)], timeout=150)
 elapsed = time.perf_counter() - t
 runtime = p2prt._api._runtime
 stats = p2prt.stats()
+import subprocess
+status = json.loads(subprocess.run(
+    [sys.executable, "-m", "p2prt", "status", "--json", "--cluster", "alice/personal", "--board", board, "--key", key],
+    capture_output=True, text=True, check=True, env={**os.environ, "P2PRT_USER": "alice"},
+).stdout)
 print(json.dumps({
     "ok": first == want and all(r == want for r in results),
     "paths": sorted({path for e in stats["peers"].values() for path in e["sent"]}),
     "counters": {k: v for k, v in runtime.stats.items()},
     "first_s": round(connect, 2),
     "mib_s": round(99 * 16 / elapsed, 1),
+    "reachability": [w["reachability"] for w in status["workers"]],
 }))
 p2prt.shutdown()
 """
@@ -85,3 +91,5 @@ def test_tasks_cross_the_nats_on_the_expected_path(netlab: NetLab, tmp_path: Pat
     print(f"\nvariant {netlab.variant}: {report}")
     assert report["ok"]
     assert report["paths"] in EXPECTED_PATHS[netlab.variant], report
+    # p2prt status shows how the worker is reached (behind NAT in every variant).
+    assert report["reachability"] == report["paths"], report

@@ -511,3 +511,15 @@ def test_a_worker_nobody_can_dial_is_reached_by_a_hole_punch_or_the_relay(
     finally:
         p2prt.shutdown()
         worker.stop()
+
+
+def test_status_shows_that_workers_on_loopback_are_public(site: Site) -> None:
+    import json
+
+    def reach() -> list[str]:
+        out = as_user("carol", site.keys["carol"], site.board, site.config("carol"), "status", "--json").stdout
+        return [w["reachability"] for w in json.loads(out)["workers"]]
+
+    wait_until(lambda: reach().count("public") >= 2, 30, "the board to dial the workers back")
+    table = as_user("carol", site.keys["carol"], site.board, site.config("carol"), "status").stdout
+    assert "reachability" in table and "public" in table
