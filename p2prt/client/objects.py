@@ -280,5 +280,7 @@ class ObjectStore:
 
 
 def readable(buf: Buffer) -> bytes | bytearray | memoryview:
-    """A payload buffer as memory (an external buffer is mapped)."""
+    """A payload buffer as memory (an external buffer is mapped). The same as
+    :func:`p2prt.wire.messages.readable`, kept here so that ``import p2prt`` does not load
+    the wire layer."""
     return buf if isinstance(buf, (bytes, bytearray, memoryview)) else buf.view()

@@ -86,16 +86,8 @@ class NodeCertificate:
     signature: bytes
 
     def signed_bytes(self) -> bytes:
-        body = [
-            self.kind,
-            self.user,
-            self.ssh_public_key,
-            self.node_static_key,
-            self.node_signing_key,
-            self.issued,
-            self.expires,
-        ]
-        return _CERT_DOMAIN + cbor2.dumps(body)
+        """What the SSH signature covers: every wire field but the signature itself."""
+        return _CERT_DOMAIN + cbor2.dumps(self.to_wire()[:-1])
 
     @property
     def peer_id(self) -> PeerId:
