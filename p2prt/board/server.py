@@ -243,15 +243,20 @@ class BoardServer:
                     await self._reader(s)
                     nursery.cancel_scope.cancel()
         finally:
+            self._drop_parked(s)
             if self.sessions.get(s.peer_id) is s:
                 del self.sessions[s.peer_id]
-            self._drop_parked(s)
-            now = self.clock()
-            events = self.scheduler.disconnect_client(s.peer_id, now)
-            if s.worker_cluster is not None:
-                events += self.scheduler.unregister_worker(s.peer_id, now)
-            self._route(events)
-            log.info("session %s ended", peer)
+                now = self.clock()
+                events = self.scheduler.disconnect_client(s.peer_id, now)
+                if s.worker_cluster is not None:
+                    events += self.scheduler.unregister_worker(s.peer_id, now)
+                self._route(events)
+                log.info("session %s ended", peer)
+            else:
+                # The same process connected again (peer ids are per process), e.g. from
+                # a new NAT mapping: its leases and registration carry over to the new
+                # session, which refreshes them (or they expire by heartbeat timeout).
+                log.info("session %s replaced by a new connection", peer)
 
     async def _writer(self, s: Session, receive: trio.MemoryReceiveChannel[Message]) -> None:
         async with receive:
@@ -381,16 +386,17 @@ class BoardServer:
     async def _dial_back(self, s: Session, addr: m.Address) -> None:
         """Is the worker reachable at the address we see it at? (Its board connection
         leaves from its listening port, so that is where others would dial.)"""
+        public = False
         with trio.move_on_after(DIAL_BACK_TIMEOUT):
             try:
                 tcp = await trio.open_tcp_stream(addr.host, addr.port)
             except OSError:
-                s.public = False
-                return
-            await trio.aclose_forcefully(tcp)
-            s.public = True
-            return
-        s.public = False
+                pass
+            else:
+                await trio.aclose_forcefully(tcp)
+                public = True
+        s.public = public
+        s.push(m.Reachability(public, addr))
 
     def _on_lease_request(self, s: Session, msg: m.LeaseRequest) -> Any:
         self._require_member(s, msg.cluster)

@@ -52,7 +52,8 @@ class WorkerConnection:
         self.sent_fns: set[bytes] = set()
         self.inflight: dict[int, Any] = {}
         self.closed = False
-        self.path = "direct"  # or "relayed"
+        self.path = "direct"  # or "punched", "relayed"
+        self.retired = False  # replaced by a better path: finishing what it carries
         self._on_message = on_message
         self._outbox = Outbox(channel)
         self._replies = Replies()

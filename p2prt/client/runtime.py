@@ -35,7 +35,6 @@ import heapq
 import itertools
 import logging
 import math
-import os
 import pickle
 import sys
 import threading
@@ -45,7 +44,7 @@ from typing import TYPE_CHECKING, Any
 
 import trio
 
-from ..board.client import BoardClient, parse_board_address
+from ..board.client import BoardClient
 from ..board.link import BoardLink
 from ..errors import (
     GetTimeoutError,
@@ -61,12 +60,8 @@ from ..identity.certificate import NodeIdentity, PeerId
 from ..identity.known_boards import KnownBoards
 from ..serialization import dumps, loads, ship_by_value, ship_user_modules
 from ..serialization.held import HeldRef
-from ..transport import DEFAULT_MAX_ATTACHMENT_BYTES, MessageChannel, NoiseStream, local_address, open_secure_stream
+from ..transport import DEFAULT_MAX_ATTACHMENT_BYTES, MessageChannel, NoiseStream, local_address
 from ..transport._errors import unwrap_single_group
-from ..transport.noise_stream import noise_connect
-from ..transport.punch import punch
-from ..transport.relay import open_relay
-from ..transport.tcp import HANDSHAKE_TIMEOUT
 from ..wire import board as bm
 from ..wire import peer as pm
 from ..wire.handshake import local_versions
@@ -74,6 +69,7 @@ from ..wire.messages import Buffer, Message, readable
 from .connection import ClientLease, WorkerConnection
 from .failures import task_error_from_info
 from .objects import Failed, Held, ObjectRef, ObjectStore, Stored, new_object_id
+from .paths import UPGRADE_BACKOFF, Dialer, nat_paths, upgrade_interval, upgrade_paths
 from .tasks import Inline, Shape, Task, TaskOptions
 
 if TYPE_CHECKING:
@@ -84,23 +80,11 @@ __all__ = ["ClientRuntime"]
 log = logging.getLogger(__name__)
 
 LINGER = 1.0
+"""Seconds an idle lease is kept before it is returned to the board."""
 DHT_LOOKUP_TIMEOUT = 2.0
 """Seconds a DHT lookup may take before the board's addresses are used."""
-NAT_PATHS = ("direct", "punch", "relay")
-DIAL_TIMEOUT = 3.0
-"""Seconds for one direct dial of a worker address (a home router that drops unsolicited
-connections never answers; then the next address, a hole punch or the relay)."""
-
-
-def _nat_paths() -> tuple[str, ...]:
-    """Ways to reach a worker, in order (``$P2PRT_NAT_PATHS``, e.g. ``direct,relay``)."""
-    text = os.environ.get("P2PRT_NAT_PATHS", "")
-    return tuple(p.strip() for p in text.split(",") if p.strip()) if text else NAT_PATHS
-
-
 HOLD_OVER = 1 << 20
 """Values of at least this many bytes stay on the worker that produced them."""
-"""Seconds an idle lease is kept before it is returned to the board."""
 MAX_LEASES_PER_SHAPE = 256
 ALLOWED_CRASHES = 3
 
@@ -167,6 +151,7 @@ class ClientRuntime:
         self.dht: DhtNode | None = None
         self._dht_started = False
         self._peer_addrs: dict[bytes, list[bm.Address]] = {}
+        self.dialer = Dialer(identity, board_address, lambda: self._board, self.stats)
         self._traffic: dict[bytes, list[Any]] = {}  # peer -> [user, sent, received] of closed connections
         self._to_release: collections.deque[tuple[bytes, bytes]] = collections.deque()
         self.store.on_drop_held = lambda oid, held: self._to_release.append((held.holder, oid))
@@ -436,7 +421,11 @@ class ClientRuntime:
                 leases = [
                     lease
                     for lease in self._leases.values()
-                    if lease.shape == shape and lease.active and not lease.draining and lease.conn is not None
+                    if lease.shape == shape
+                    and lease.active
+                    and not lease.draining
+                    and lease.conn is not None
+                    and not lease.conn.retired
                 ]
                 # Each task goes to the least-loaded lease (a heap), so work spreads
                 # over all leases before any lease queues more than one task.
@@ -653,88 +642,90 @@ class ClientRuntime:
                 return conn
         event = self._connecting[peer] = trio.Event()
         try:
-            last: P2prtError | None = None
-            path = "direct"
-            for addr in addrs:
-                try:
-                    stream = await open_secure_stream(
-                        addr.host, addr.port, self.identity, expected_peer_id=PeerId(peer), timeout=DIAL_TIMEOUT
-                    )
-                    break
-                except P2prtError as exc:
-                    last = exc
-            else:
-                stream, path = await self._reach_indirectly(peer, last)
-            channel = MessageChannel(stream, max_attachment_bytes=DEFAULT_MAX_ATTACHMENT_BYTES)
-            conn = WorkerConnection(channel, self._on_worker_message)
-            conn.path = path
-            self._conns[peer] = conn
-            assert self._nursery is not None
-            self._nursery.start_soon(self._serve_connection, conn)
-            return conn
+            stream, path = await self.dialer.reach(peer, addrs, nat_paths())
+            return self._open_connection(stream, path)
         finally:
             event.set()
             self._connecting.pop(peer, None)
 
-    async def _reach_indirectly(self, peer: bytes, direct: P2prtError | None) -> tuple[NoiseStream, str]:
-        """No address of the worker could be dialled: punch a hole, else relay."""
-        errors = [f"direct: {direct or 'it announced no address'}"]
-        paths = _nat_paths()
-        if "punch" in paths:
-            try:
-                return await self._punch_to(peer), "punched"
-            except P2prtError as exc:
-                errors.append(f"hole punch: {exc}")
-        if "relay" in paths:
-            try:
-                return await self._relay_to(peer), "relayed"
-            except P2prtError as exc:
-                errors.append(f"relay: {exc}")
-        raise P2prtError(f"cannot reach worker {PeerId(peer)}: " + "; ".join(errors))
+    def _open_connection(self, stream: NoiseStream, path: str) -> WorkerConnection:
+        channel = MessageChannel(stream, max_attachment_bytes=DEFAULT_MAX_ATTACHMENT_BYTES)
+        conn = WorkerConnection(channel, self._on_worker_message)
+        conn.path = path
+        self._conns[conn.peer_id] = conn
+        assert self._nursery is not None
+        self._nursery.start_soon(self._serve_connection, conn)
+        if path == "relayed" and upgrade_paths():
+            self._nursery.start_soon(self._upgrade, conn)
+        return conn
 
-    async def _punch_to(self, peer: bytes) -> NoiseStream:
-        """A direct connection to ``peer`` by simultaneous open, from our board port."""
-        board = self._board
-        local = local_address(board.channel.stream) if board is not None else None
-        if board is None or local is None:
-            raise P2prtError("not connected to the board")
-        answer = await board.call(lambda rid: bm.PunchRequest(rid, peer))
-        if not isinstance(answer, dict):
-            raise P2prtError("the board answered a punch request without an address")
-        self.stats["punch_attempts"] += 1
-        tcp = await punch(local[1], str(answer["host"]), int(answer["port"]), delay=float(answer["delay"]))
+    # -- a relayed connection goes direct when it can
+
+    async def _upgrade(self, old: WorkerConnection) -> None:
+        """Try now and then to replace relayed connection ``old`` by a direct or punched
+        one; on success its leases move over as soon as their tasks in flight are done,
+        and ``old`` closes once it carries nothing (DESIGN.md §6)."""
+        first = delay = upgrade_interval()
+        while True:
+            await trio.sleep(delay)  # sleep-ok: retry backoff
+            delay = min(delay * 2, first * UPGRADE_BACKOFF)
+            if old.closed or self._conns.get(old.peer_id) is not old:
+                return
+            peer = old.peer_id
+            addrs = await self._addresses_of(peer, self._peer_addrs.get(peer, []))
+            try:
+                stream, path = await self.dialer.reach(peer, addrs, upgrade_paths())
+            except P2prtError as exc:
+                self.stats["upgrade_failures"] += 1
+                log.debug("relayed connection to %s stays relayed: %s", old.label, exc)
+                continue
+            if old.closed or self._conns.get(peer) is not old:
+                await trio.aclose_forcefully(stream)
+                return
+            new = self._open_connection(stream, path)
+            new.host = old.host
+            old.retired = True
+            self.stats["upgrades"] += 1
+            log.info("connection to worker %s upgraded from relayed to %s", old.label, path)
+            for lease in list(old.leases.values()):
+                if not lease.inflight:
+                    self._move_lease(lease, new)
+            self._close_if_idle(old)
+            return
+
+    def _move_lease(self, lease: ClientLease, new: WorkerConnection) -> None:
+        """Attach ``lease`` (no task of it in flight) to ``new`` instead of its old,
+        retired connection."""
+        old = lease.conn
+        if old is not None:
+            old.leases.pop(lease.lease_id, None)
+        lease.active = False
+        assert self._nursery is not None
+        self._nursery.start_soon(self._attach_moved, lease, new, old)
+
+    async def _attach_moved(self, lease: ClientLease, new: WorkerConnection, old: WorkerConnection | None) -> None:
         try:
-            with trio.fail_after(HANDSHAKE_TIMEOUT):
-                stream = await noise_connect(tcp, self.identity, expected_peer_id=PeerId(peer))
-        except trio.TooSlowError:
-            await trio.aclose_forcefully(tcp)
-            raise P2prtError("no handshake over the punched connection") from None
-        except BaseException:
-            await trio.aclose_forcefully(tcp)
-            raise
-        self.stats["punched_connections"] += 1
-        return stream
+            await new.attach(lease.ticket)
+        except P2prtError as exc:
+            log.warning("cannot move lease %s to the new connection: %s", lease.lease_id, exc)
+            if self._leases.pop(lease.lease_id, None) is not None:
+                self._board_send_soon(bm.LeaseReturn([lease.lease_id]))
+        else:
+            if lease.lease_id not in self._leases:  # revoked or released meanwhile
+                new.enqueue(pm.Detach(lease.lease_id))
+            else:
+                lease.conn = new
+                lease.active = True
+                new.leases[lease.lease_id] = lease
+        if old is not None:
+            self._close_if_idle(old)
+        self._place()
 
-    async def _relay_to(self, peer: bytes) -> NoiseStream:
-        """An end-to-end Noise session with ``peer`` through the board's relay."""
-        board = self._board
-        relay = board.welcome.relay if board is not None else None
-        if board is None or relay is None:
-            raise P2prtError("the board offers no relay")
-        token = await board.call(lambda rid: bm.RelayOpen(rid, peer))
-        if not isinstance(token, bytes):
-            raise P2prtError("the board answered a relay request without a token")
-        host, _ = parse_board_address(self.board_address)
-        self.stats["relayed_connections"] += 1
-        return await open_relay(
-            host,
-            relay.port,
-            self.identity,
-            token,
-            board_peer_id=board.channel.peer.peer_id,
-            peer_id=PeerId(peer),
-            initiator=True,
-        )
+    def _close_if_idle(self, old: WorkerConnection) -> None:
+        if old.retired and not old.leases and not old.inflight and not old.closed:
+            old.closed = True
+            assert self._nursery is not None
+            self._nursery.start_soon(trio.aclose_forcefully, old.channel.stream)
 
     async def _serve_connection(self, conn: WorkerConnection) -> None:
         try:
@@ -743,9 +734,11 @@ class ClientRuntime:
                 await conn.reader()
                 n.cancel_scope.cancel()
         except P2prtError as exc:
-            log.info("connection to worker %s lost: %s", conn.label, exc)
+            if not conn.retired:
+                log.info("connection to worker %s lost: %s", conn.label, exc)
         except BaseExceptionGroup as group:
-            log.info("connection to worker %s lost: %r", conn.label, group.exceptions[0])
+            if not conn.retired:
+                log.info("connection to worker %s lost: %r", conn.label, group.exceptions[0])
         finally:
             conn.fail_pending()
             stream = conn.channel.stream
@@ -816,6 +809,10 @@ class ClientRuntime:
                 lease.idle_since = now
                 if lease.draining and not lease.inflight:
                     self._release(lease)
+                elif conn.retired and lease.conn is conn and not lease.inflight:
+                    successor = self._conns.get(conn.peer_id)
+                    if successor is not None and not successor.closed:
+                        self._move_lease(lease, successor)
             if r.status == "ok":
                 task.crashes_in_a_row = 0
                 self._finish(task, Stored(r.data, r.buffers))
@@ -848,6 +845,8 @@ class ClientRuntime:
                 self._retry_or_fail(
                     task, "crashed", r.message or "the worker process crashed", crash=True, worker=conn.label
                 )
+        if conn.retired:
+            self._close_if_idle(conn)
         self._place()
 
     def _on_task_error(self, task: Task, r: pm.TaskResult, conn: WorkerConnection) -> None:

@@ -43,6 +43,7 @@ from ..identity.certificate import NodeIdentity, PeerId
 from ..wire.cipher import MAX_NOISE_MESSAGE, MAX_PLAINTEXT, TAG_SIZE, CipherState
 from ..wire.frames import NOISE_HEADER
 from ..wire.handshake import HandshakeState, NoiseHandshake, PeerInfo
+from .keepalive import enable_keepalive
 
 __all__ = [
     "NoiseStream",
@@ -104,6 +105,8 @@ class NoiseStream(trio.abc.Stream):
         self._send_cipher = send_cipher
         self._recv_cipher = receive_cipher
         self._socket = transport_stream.socket if isinstance(transport_stream, trio.SocketStream) else None
+        if self._socket is not None:
+            enable_keepalive(self._socket)  # a vanished peer is noticed (keepalive.py)
         # Ciphertext received, not yet decrypted: self._rbuf[self._rstart:self._rend].
         self._rbuf = bytearray(max(_RECV_SMALL, len(leftover)))
         self._rbuf[: len(leftover)] = leftover

@@ -38,6 +38,7 @@ __all__ = [
     "LeaseRevoked",
     "LeaseUnsatisfiable",
     "Address",
+    "Reachability",
 ]
 
 _TICKET_DOMAIN = b"p2prt lease ticket v1\x00"
@@ -287,3 +288,14 @@ class PunchStart(Message):
     client_peer_id: bytes
     address: Address
     delay: float
+
+
+@message("board.reachability")
+class Reachability(Message):
+    """To a worker, after it registered: could the board dial it back at ``observed``
+    (the address it sees the worker at)? ``public=False`` means the worker sits behind a
+    NAT or firewall: scripts reach it by hole punching or the relay, and its DHT node
+    runs in client mode (nobody could reach it to ask)."""
+
+    public: bool
+    observed: Address | None = None

@@ -76,6 +76,10 @@ class HeldObjects:
             return pm.ObjectValue(object_id, "lost", b"", [], "not held by this worker")
         return pm.ObjectValue(object_id, "ok", held.data, held.buffers)
 
+    def sizes(self) -> list[tuple[bytes, int]]:
+        """``(object_id, size)`` of every value held."""
+        return [(k, v.size) for k, v in self._values.items()]
+
     def __len__(self) -> int:
         return len(self._values)
 

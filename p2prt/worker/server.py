@@ -143,7 +143,9 @@ class WorkerServer:
         self._owner: dict[int, _ClientConn] = {}
         self.held = HeldObjects()
         self.dht: DhtNode | None = None
-        self._dht_started = False
+        self._dht_scope: trio.CancelScope | None = None
+        self.public: bool | None = None
+        """Could the board dial us back (None: not known yet)."""
         self.traffic: dict[bytes, PeerTraffic] = {}
         self._nursery: trio.Nursery | None = None
         self._port = 0
@@ -222,32 +224,54 @@ class WorkerServer:
                 rid, self.config.cluster, self.config.slots, resources, self.python, self.host, self._announce(client)
             )
         )
-        if client.welcome.dht is not None and not self._dht_started and self._nursery is not None:
-            self._dht_started = True
-            self._nursery.start_soon(self._run_dht, client)
-        elif self.dht is not None:
+        if self.dht is not None:
+            # Connected again (a board restart, or a new NAT mapping): say where we are now.
             self._background(self.dht.publish_peer(self._announce(client), client.welcome.observed))
+        # The DHT node starts once the board says whether it could dial us back
+        # (board.reachability): serving when public, client mode behind a NAT.
 
-    async def _run_dht(self, client: BoardClient) -> None:
+    def _on_reachability(self, msg: bm.Reachability) -> None:
+        client = self._board
+        if client is None or client.welcome.dht is None or self._nursery is None:
+            return
+        if self.public is msg.public and self._dht_scope is not None:
+            return
+        if self.public is not None and self.public != msg.public:
+            log.info("reachability changed: %s", "public" if msg.public else "behind NAT")
+        self.public = msg.public
+        if self._dht_scope is not None:
+            self._dht_scope.cancel()  # the other mode: start afresh
+        self._dht_scope = trio.CancelScope()
+        self._nursery.start_soon(self._run_dht, client, self._dht_scope, msg.public)
+
+    async def _run_dht(self, client: BoardClient, scope: trio.CancelScope, serve: bool) -> None:
         """This worker's DHT node: bootstrapped from the board's, it publishes where the
-        worker listens (and the locations of the values it holds)."""
+        worker listens (and the locations of the values it holds). It serves others only
+        when the board could reach us (``serve``); behind a NAT nobody could ask it."""
         from ..dht import open_dht_node
 
         dht = client.welcome.dht
         local = local_address(client.channel.stream)
         if dht is None or local is None:
             return
-        try:
-            async with open_dht_node(self.identity, local[0], 0, bootstrap=[(dht.host, dht.port)]) as node:
-                self.dht = node
-                await node.publish_peer(self._announce(client), client.welcome.observed)
-                if self._on_published is not None:
-                    self._on_published(node.address)
-                await trio.sleep_forever()
-        except P2prtError as exc:
-            log.warning("no DHT node (peers will ask the board for our address): %s", exc)
-        finally:
-            self.dht = None
+        with scope:
+            try:
+                async with open_dht_node(
+                    self.identity, local[0], 0, bootstrap=[(dht.host, dht.port)], serve=serve
+                ) as node:
+                    self.dht = node
+                    for oid, size in self.held.sizes():  # when the node was restarted
+                        self._background(node.publish_location(oid, size))
+                    await node.publish_peer(self._announce(client), client.welcome.observed)
+                    if self._on_published is not None:
+                        self._on_published(node.address)
+                        self._on_published = None
+                    await trio.sleep_forever()
+            except P2prtError as exc:
+                log.warning("no DHT node (peers will ask the board for our address): %s", exc)
+            finally:
+                if self._dht_scope is scope:
+                    self.dht = None
 
     def _background(self, work: Awaitable[Any]) -> None:
         """Best-effort DHT updates: logged, never fatal."""
@@ -262,6 +286,9 @@ class WorkerServer:
             self._nursery.start_soon(run)
 
     async def _on_board_push(self, msg: Message) -> None:
+        if isinstance(msg, bm.Reachability):
+            self._on_reachability(msg)
+            return
         if isinstance(msg, bm.PunchStart):
             if self._nursery is not None:
                 self._nursery.start_soon(self._punch, msg)

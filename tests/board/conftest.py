@@ -98,17 +98,26 @@ async def board(start_board: StartBoard) -> RunningBoard:
 # -- talking to the board -----------------------------------------------------------------
 
 
-async def next_push(client: BoardClient, timeout: float = PUSH_TIMEOUT) -> Message:
-    """The next push from the board (fails the test after ``timeout`` seconds)."""
+INFORMATIONAL: tuple[type[Message], ...] = (m.Reachability,)
+"""Pushes that arrive at a moment of their own (the dial-back after a worker registers)
+and are skipped by the helpers below unless asked for."""
+
+
+async def next_push(client: BoardClient, timeout: float = PUSH_TIMEOUT, *, want: type[Message] | None = None) -> Message:
+    """The next push from the board (fails the test after ``timeout`` seconds), skipping
+    :data:`INFORMATIONAL` ones unless ``want`` is one of them."""
     with trio.fail_after(timeout):
-        return await client.pushes.receive()
+        while True:
+            msg = await client.pushes.receive()
+            if not isinstance(msg, INFORMATIONAL) or (want is not None and isinstance(msg, want)):
+                return msg
 
 
 async def expect_pushes(client: BoardClient, cls: type[Message], n: int, timeout: float = PUSH_TIMEOUT) -> list[Any]:
     """The next ``n`` pushes, asserting each is a ``cls``."""
     out = []
     for _ in range(n):
-        msg = await next_push(client, timeout)
+        msg = await next_push(client, timeout, want=cls)
         assert isinstance(msg, cls), f"expected {cls.__name__}, got {msg!r}"
         out.append(msg)
     return out
@@ -131,9 +140,11 @@ async def pushes_so_far(client: BoardClient) -> list[Message]:
     out: list[Message] = []
     while True:
         try:
-            out.append(client.pushes.receive_nowait())
+            msg = client.pushes.receive_nowait()
         except trio.WouldBlock:
             return out
+        if not isinstance(msg, INFORMATIONAL):
+            out.append(msg)
 
 
 async def register_worker(

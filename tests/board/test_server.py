@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import random
+import socket
 import time
 
 import cbor2
@@ -355,16 +356,16 @@ async def test_operator_removing_a_user_disconnects_and_revokes(board: RunningBo
 
 async def test_silent_worker_expires_and_its_leases_are_revoked(board: RunningBoard) -> None:
     async with board.connect("alice") as alice, board.connect("alice", heartbeat=False) as worker:
+        registered = trio.current_time()  # the worker's last sign of life is at/after this
         await register_worker(worker, "alice/personal", 1)
         await request_leases(alice, "alice/personal", 1)
         (grant,) = await expect_pushes(alice, m.LeaseGranted, 1)
-        started = trio.current_time()
         # worker_timeout is 0.6 s; alice's own heartbeats keep her leases alive meanwhile.
         revoked = await next_push(alice, timeout=PUSH_TIMEOUT)
         assert isinstance(revoked, m.LeaseRevoked)
         assert revoked.lease_id == grant.ticket.lease_id
         assert "worker" in revoked.reason
-        assert trio.current_time() - started >= 0.5
+        assert trio.current_time() - registered >= 0.55
         st = await status(alice, "alice/personal")
         assert st["workers"] == [] and st["leases"] == []
 
@@ -619,3 +620,62 @@ async def test_removed_user_is_told_before_the_session_ends(board: RunningBoard)
             async for push in bob.pushes:
                 last.append(push)
         assert any(isinstance(p, m.LeaseRevoked) and p.lease_id == grant.ticket.lease_id for p in last), last
+
+
+# -- reachability and reconnection (NAT traversal) ----------------------------------------
+
+
+def _reusable_listener() -> socket.socket:
+    """A listening socket whose port a board connection may share (as a worker's does)."""
+    sock = socket.socket()
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+    sock.bind(("127.0.0.1", 0))
+    sock.listen(8)
+    return sock
+
+
+async def test_dial_back_tells_each_worker_whether_it_is_public(board: RunningBoard) -> None:
+    listener = _reusable_listener()
+    port = listener.getsockname()[1]
+    reachable_id, hidden_id = board.identity("alice"), board.identity("alice")
+    try:
+        async with (
+            board.connect("alice") as alice,
+            board.connect(reachable_id, local_port=port) as reachable,
+            board.connect(hidden_id) as hidden,
+        ):
+            await register_worker(reachable, "alice/personal", 1)
+            await register_worker(hidden, "alice/personal", 1)
+            (yes,) = await expect_pushes(reachable, m.Reachability, 1)
+            (no,) = await expect_pushes(hidden, m.Reachability, 1)
+            assert yes == m.Reachability(True, m.Address("127.0.0.1", port))
+            # Nothing listens where the board sees the second one: not reachable.
+            assert no == m.Reachability(False, hidden.welcome.observed)
+            st = await status(alice, "alice/personal")
+            by_peer = {w["peer_id"]: w["reachability"] for w in st["workers"]}
+            assert by_peer == {str(reachable_id.peer_id): "public", str(hidden_id.peer_id): "behind NAT"}
+    finally:
+        listener.close()
+
+
+async def test_a_new_session_of_the_same_peer_keeps_its_registration_and_leases(board: RunningBoard) -> None:
+    """A worker whose NAT mapping changed connects again (same process, same peer id)
+    before the board noticed the old connection is dead: nothing is revoked."""
+    worker_id = board.identity("alice")
+    async with board.connect("alice") as alice:
+        async with board.connect(worker_id) as old:
+            await register_worker(old, "alice/personal", 2)
+            await request_leases(alice, "alice/personal", 2)
+            grants = await expect_pushes(alice, m.LeaseGranted, 2)
+            async with board.connect(worker_id) as new:
+                await wait_session_ends(old)  # the board keeps one session per peer
+                await register_worker(new, "alice/personal", 2)
+                st = await status(alice, "alice/personal")
+                (w,) = st["workers"]
+                assert w["peer_id"] == str(worker_id.peer_id) and w["leases"] == 2
+                assert board.server.sessions[str(worker_id.peer_id)].observed == new.welcome.observed
+                assert await pushes_so_far(alice) == []  # no revocation
+                # The leases are still the board's to return: a return frees them.
+                await alice.send(m.LeaseReturn([g.ticket.lease_id for g in grants]))
+                assert busy(await status(alice, "alice/personal"), "alice/personal") == 0
