@@ -19,6 +19,7 @@ import trio
 
 from ..errors import P2prtError
 from ..transport import NoiseStream
+from ..transport._errors import unwrap_single_group
 from ..transport.relay import RELAY_TIMEOUT, read_message, write_message
 from ..wire.board import RelayAttach, RelayReady
 
@@ -87,9 +88,10 @@ class RelayHub:
         try:
             await write_message(a, RelayReady())
             await write_message(b, RelayReady())
-            async with trio.open_nursery() as nursery:
-                nursery.start_soon(self._pump, a, b, a_rest, nursery.cancel_scope)
-                nursery.start_soon(self._pump, b, a, b_rest, nursery.cancel_scope)
+            with unwrap_single_group():
+                async with trio.open_nursery() as nursery:
+                    nursery.start_soon(self._pump, a, b, a_rest, nursery.cancel_scope)
+                    nursery.start_soon(self._pump, b, a, b_rest, nursery.cancel_scope)
         except (P2prtError, trio.BrokenResourceError, trio.ClosedResourceError, OSError) as exc:
             log.info("relay between %s and %s ended: %r", pending.client, pending.worker, exc)
         finally:

@@ -63,9 +63,8 @@ _NO_REPLY = object()  # a handler that already pushed its Ok returns this
 
 DIAL_BACK_TIMEOUT = 2.0
 """Seconds the board tries to reach a new worker at its observed address."""
-PUNCH_DELAY = 0.3
-"""Seconds from the board's message to the start of a hole punch: time for both
-messages to arrive (a peer's clock is never compared with the board's)."""
+PUNCH_DELAY = 0.0
+"""Seconds a worker waits before punching back (the script is already connecting)."""
 
 
 @dataclass(eq=False)
@@ -463,12 +462,14 @@ class BoardServer:
         return token
 
     def _on_punch_request(self, s: Session, msg: m.PunchRequest) -> Any:
-        """Tell a worker and a script to connect to each other's observed address at once."""
+        """Where to punch to (the worker's observed address); once the script is
+        connecting (``ready``), tell the worker to connect back to the script's."""
         worker = self._reachable_worker(s, msg.worker_peer_id)
         if s.observed is None or worker.observed is None:
             raise BoardRequestError("the board does not know both addresses", "NoObservedAddress")
-        worker.push(m.PunchStart(bytes(s.peer.peer_id), s.observed, PUNCH_DELAY))
-        self.punches += 1
+        if msg.ready:
+            worker.push(m.PunchStart(bytes(s.peer.peer_id), s.observed, PUNCH_DELAY))
+            self.punches += 1
         return {"host": worker.observed.host, "port": worker.observed.port, "delay": PUNCH_DELAY}
 
     @staticmethod
@@ -491,7 +492,10 @@ class BoardServer:
             visible = {c.name for c in self.store.clusters_for(s.user)}
         status = status_to_wire(self.scheduler.status(), visible)
         for w in status["workers"]:
-            w["reachability"] = self._reachability(self.sessions.get(w["peer_id"]))
+            session = self.sessions.get(w["peer_id"])
+            w["reachability"] = self._reachability(session)
+            observed = session.observed if session is not None else None
+            w["address"] = f"{observed.host}:{observed.port}" if observed is not None else None
         for cluster, parked in self._parked.items():
             if cluster in visible:
                 for sess, req in parked:

@@ -29,6 +29,7 @@ from ..board.client import BoardClient, parse_board_address
 from ..errors import P2prtError
 from ..identity.certificate import NodeIdentity, PeerId
 from ..transport import NoiseStream, local_address, open_secure_stream
+from ..transport._errors import unwrap_single_group
 from ..transport.noise_stream import noise_connect
 from ..transport.punch import punch
 from ..transport.relay import open_relay
@@ -165,7 +166,21 @@ class Dialer:
         if not isinstance(answer, dict):
             raise P2prtError("the board answered a punch request without an address")
         self.stats["punch_attempts"] += 1
-        tcp = await punch(local[1], str(answer["host"]), int(answer["port"]), delay=float(answer["delay"]))
+        punched: list[trio.SocketStream] = []
+
+        async def connect(task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+            punched.append(await punch(local[1], str(answer["host"]), int(answer["port"]), task_status=task_status))
+
+        try:
+            with unwrap_single_group():
+                async with trio.open_nursery() as nursery:
+                    await nursery.start(connect)  # our SYN is out: now the worker may answer
+                    await board.call(lambda rid: bm.PunchRequest(rid, peer, ready=True))
+        except BaseException:
+            for stream in punched:
+                await trio.aclose_forcefully(stream)
+            raise
+        tcp = punched[0]
         try:
             with trio.fail_after(HANDSHAKE_TIMEOUT):
                 stream = await noise_connect(tcp, self.identity, expected_peer_id=PeerId(peer))

@@ -272,12 +272,16 @@ class RelayReady(Message):
 
 @message("board.punch_request")
 class PunchRequest(Message):
-    """A script asks to punch through to worker ``worker_peer_id``. The Ok value is
-    ``{"host", "port", "delay"}``: the worker's observed address, and when (seconds from
-    now) to start connecting; the worker gets ``board.punch_start`` at the same time."""
+    """A script asks to punch through to worker ``worker_peer_id``, in two steps. First
+    (``ready=False``) the Ok value is ``{"host", "port", "delay"}``: the worker's observed
+    address. The script starts connecting to it, then asks again with ``ready=True``: the
+    worker gets ``board.punch_start`` and connects back. (The script's SYN is out first,
+    so the worker's cannot meet a closed port on the script's host, whose RST would
+    leave the script's NAT unable to translate that connection.)"""
 
     rid: int
     worker_peer_id: bytes
+    ready: bool = False
 
 
 @message("board.punch_start")

@@ -44,6 +44,7 @@ from ..transport import (
     local_address,
     serve_secure,
 )
+from ..transport._errors import unwrap_single_group
 from ..transport.noise_stream import noise_accept
 from ..transport.punch import punch
 from ..transport.relay import open_relay
@@ -224,6 +225,7 @@ class WorkerServer:
                 rid, self.config.cluster, self.config.slots, resources, self.python, self.host, self._announce(client)
             )
         )
+        self._report_paths()  # a new session knows nothing of our client connections yet
         if self.dht is not None:
             # Connected again (a board restart, or a new NAT mapping): say where we are now.
             self._background(self.dht.publish_peer(self._announce(client), client.welcome.observed))
@@ -363,10 +365,15 @@ class WorkerServer:
         await self._serve_indirect(stream, "relayed")
 
     async def _serve_indirect(self, stream: NoiseStream, path: str) -> None:
+        """Serve a punched or relayed connection: like the listener does for direct ones,
+        whatever ends it ends only it."""
         try:
-            await self._serve_client(stream, path=path)
+            with unwrap_single_group():
+                await self._serve_client(stream, path=path)
         except (P2prtError, trio.BrokenResourceError, trio.ClosedResourceError, OSError) as exc:
             log.info("%s connection with %s ended: %s", path, stream.peer, exc)
+        except Exception:
+            log.exception("%s connection with %s failed unexpectedly", path, stream.peer)
         finally:
             await trio.aclose_forcefully(stream)
 

@@ -85,7 +85,7 @@ ALL_VARIANTS: tuple[Variant, ...] = ("a", "b", "c", "d")
 VARIANT_IDS: dict[Variant, str] = {"a": "a-firewall", "b": "b-rst", "c": "c-random-one", "d": "d-random-both"}
 
 
-@dataclass(frozen=True)
+@dataclass
 class Home:
     """One home: a NAT router and a host on its LAN."""
 
@@ -490,6 +490,45 @@ class NetLab:
         """Forget every tracked connection and NAT mapping in both routers."""
         for r in self.routers:
             _sh(["ip", "netns", "exec", r, "conntrack", "-F"])
+
+    def renumber(self, home: Home, new_ip: str) -> None:
+        """The ISP gives ``home`` a new public address (a DHCP renewal, a router reboot):
+        the old address goes away and with it every NAT mapping through the router.
+        Established connections from the home break; nobody inside is told."""
+        r = home.router_ns
+        # Old first: deleting a primary address also deletes its secondaries.
+        _sh(["ip", "-n", r, "addr", "del", f"{home.public_ip}/24", "dev", "wan"])
+        _sh(["ip", "-n", r, "addr", "add", f"{new_ip}/24", "dev", "wan"])
+        _sh(["ip", "netns", "exec", r, "conntrack", "-F"])
+        home.public_ip = new_ip
+
+    def cut(self, home: Home, peer_ip: str) -> None:
+        """Drop every packet between ``home`` and ``peer_ip`` in ``home``'s router, both
+        ways (e.g. two homes that cannot punch to each other but still reach the board)."""
+        r = home.router_ns
+        if self.backend == "nft":
+            rules = ["table ip p2pcut {"]
+            for chain in ("input", "forward", "output"):
+                rules += [f"  chain {chain} {{", f"    type filter hook {chain} priority -10; policy accept;",
+                          f"    ip saddr {peer_ip} drop", f"    ip daddr {peer_ip} drop", "  }"]
+            _sh(["ip", "netns", "exec", r, "nft", "-f", "-"], input="\n".join([*rules, "}"]) + "\n")
+        else:
+            _sh(["ip", "netns", "exec", r, "iptables", "-N", "P2PCUT"])
+            for flag in ("-s", "-d"):
+                _sh(["ip", "netns", "exec", r, "iptables", "-A", "P2PCUT", flag, peer_ip, "-j", "DROP"])
+            for chain in ("INPUT", "FORWARD", "OUTPUT"):
+                _sh(["ip", "netns", "exec", r, "iptables", "-I", chain, "-j", "P2PCUT"])
+
+    def uncut(self, home: Home) -> None:
+        """Undo :meth:`cut`."""
+        r = home.router_ns
+        if self.backend == "nft":
+            _sh(["ip", "netns", "exec", r, "nft", "delete", "table", "ip", "p2pcut"])
+        else:
+            for chain in ("INPUT", "FORWARD", "OUTPUT"):
+                _sh(["ip", "netns", "exec", r, "iptables", "-D", chain, "-j", "P2PCUT"])
+            _sh(["ip", "netns", "exec", r, "iptables", "-F", "P2PCUT"])
+            _sh(["ip", "netns", "exec", r, "iptables", "-X", "P2PCUT"])
 
     def conntrack_entries(self, ns: str) -> list[str]:
         """``conntrack -L`` in ``ns``, one entry a line."""

@@ -11,9 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from p2prt.identity import generate_ed25519, write_private_key
-
-from .lab import PYTHON, NetLab, lab_env
+from .cluster import start_cluster
+from .lab import NetLab
 
 pytestmark = [pytest.mark.netlab, pytest.mark.timeout(180)]
 
@@ -60,33 +59,11 @@ p2prt.shutdown()
 """
 
 
-def _wait_for(proc: object, text: str, timeout: float = 30.0) -> None:
-    import time
-
-    deadline = time.monotonic() + timeout
-    while True:
-        line = proc.read_line(max(0.1, deadline - time.monotonic()))  # type: ignore[attr-defined]
-        if text in line:
-            return
-
-
 @pytest.mark.parametrize("netlab", ["a", "b", "c", "d"], indirect=True)
 def test_tasks_cross_the_nats_on_the_expected_path(netlab: NetLab, tmp_path: Path) -> None:
-    key = tmp_path / "alice_ed25519"
-    write_private_key(key, generate_ed25519(comment="alice"))
-    env = lab_env({"HOME": str(tmp_path / "home")})
-    data = str(tmp_path / "board")
-    netlab.run(netlab.internet_ns, [PYTHON, "-m", "p2prt", "board", "add-user", "alice", "--key",
-                                    str(key) + ".pub", "--data", data], env=env)
-    address = f"{netlab.board_ip}:7790"
-    board = netlab.start(netlab.internet_ns, [PYTHON, "-m", "p2prt", "board", "--data", data, "--host",
-                                              netlab.board_ip, "--port", "7790"], env=env)
-    _wait_for(board, "listening")
-    worker = netlab.start(netlab.home_a.host_ns, [PYTHON, "-m", "p2prt", "worker", "--cluster", "alice/personal",
-                                                  "--board", address, "--key", str(key), "--user", "alice",
-                                                  "--cpus", "1"], env=env)
-    _wait_for(worker, "address published in the DHT")
-    out = netlab.run_python(netlab.home_b.host_ns, SCRIPT, address, str(key), timeout=170, env=env)
+    cluster = start_cluster(netlab, tmp_path)
+    out = netlab.run_python(netlab.home_b.host_ns, SCRIPT, cluster.address, str(cluster.key), timeout=170,
+                            env=cluster.env)
     report = json.loads(out.strip().splitlines()[-1])
     print(f"\nvariant {netlab.variant}: {report}")
     assert report["ok"]
