@@ -138,6 +138,7 @@ class ClientRuntime:
         self._waiting_on: dict[bytes, list[Task]] = collections.defaultdict(list)
         self._leases: dict[str, ClientLease] = {}
         self._requested: dict[Shape, int] = collections.defaultdict(int)
+        self._asked: set[Shape] = set()  # shapes the board may hold demand for
         self._conns: dict[bytes, WorkerConnection] = {}
         self._connecting: dict[bytes, trio.Event] = {}
         self._service_ema: dict[bytes, float] = {}  # by function id
@@ -510,6 +511,7 @@ class ClientRuntime:
         missing = want - len(leases) - self._requested[shape]
         if missing > 0:
             self._requested[shape] += missing
+            self._asked.add(shape)
             num_cpus, resources = shape
             self._nursery.start_soon(self._request_leases, self._board, shape, num_cpus, dict(resources), missing)
 
@@ -757,7 +759,11 @@ class ClientRuntime:
                 self._board_send_soon(bm.LeaseReturn([lease.lease_id]))
         conn.leases.clear()
         for task in list(conn.inflight.values()):
-            self._retry_or_fail(task, "crashed", f"lost the connection to worker {conn.label}", crash=True)
+            # A task waiting for its nested tasks lent its slot out and runs nothing: it
+            # is not suspected of having killed the worker (Dask blames only what runs).
+            self._retry_or_fail(
+                task, "crashed", f"lost the connection to worker {conn.label}", crash=not task.nested_waits
+            )
         conn.inflight.clear()
         self._place()
 
@@ -796,6 +802,7 @@ class ClientRuntime:
         for r in results:
             task = conn.inflight.pop(r.task_id, None)
             if task is None:
+                self.stats["stale_results"] += 1  # e.g. for a task cancelled meanwhile
                 continue
             lease = self._leases.get(task.lease_id or "")
             if lease is not None:
@@ -1018,9 +1025,13 @@ class ClientRuntime:
             # nested tasks deeper than the pipeline could wait for itself.
             lease.inflight.discard(parent.task_id)
             self._place()
+        if parent is not None:
+            parent.nested_waits += 1
         try:
             await self._answer_nested_get(conn, msg)
         finally:
+            if parent is not None:
+                parent.nested_waits -= 1
             if lease is not None and parent is not None and parent.task_id in conn.inflight:
                 lease.inflight.add(parent.task_id)
 
@@ -1077,12 +1088,16 @@ class ClientRuntime:
                     continue
                 if now - lease.idle_since >= self.linger:
                     self._release(lease)
-            stale = [shape for shape, n in self._requested.items() if n and not self._queues.get(shape)]
+            # Shapes we asked the board for and no longer need. (Not only those we think
+            # are still outstanding: after a revocation or a reconnection our count is
+            # reset while the board may still hold the demand.)
+            stale = [shape for shape in self._asked if not self._queues.get(shape)]
             if stale and self._board is not None:
                 # Demand left over from a finished batch would keep arriving as grants
                 # (and be returned) while other shapes wait: drop all, then re-ask for
                 # the rest — in this order, so the cancel cannot overtake the new request.
                 self._requested.clear()
+                self._asked.clear()
                 try:
                     await self._board.send(bm.LeaseCancel(self.cluster))
                 except P2prtError:

@@ -62,6 +62,7 @@ class Task:
     lease_id: str | None = None
     cancelled: bool = False
     crashes_in_a_row: int = 0
+    nested_waits: int = 0  # nested gets it is waiting on (its slot is lent out meanwhile)
     fetch: list[Any] = field(default_factory=list)  # pm.HeldArg of held arguments
 
 

@@ -38,6 +38,15 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 
 
+def _quiet_late_answers(loop: asyncio.AbstractEventLoop, context: dict[str, Any]) -> None:
+    """rpcudp sets the result of a request that already timed out when its answer comes
+    late, and the loop would print that error to stderr: it is expected, log it quietly."""
+    if isinstance(context.get("exception"), asyncio.InvalidStateError):
+        log.debug("late DHT answer ignored: %s", context.get("message"))
+        return
+    loop.default_exception_handler(context)
+
+
 class LoopThread:
     """A daemon thread running one asyncio event loop until :meth:`aclose`."""
 
@@ -59,6 +68,7 @@ class LoopThread:
     def _main(self) -> None:
         loop = self._loop
         asyncio.set_event_loop(loop)
+        loop.set_exception_handler(_quiet_late_answers)
         try:
             loop.run_forever()
         finally:

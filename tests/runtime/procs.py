@@ -96,10 +96,11 @@ class Proc:
     """A long-running subprocess whose merged stdout/stderr is read by a thread, so the
     test can wait for a line without blocking forever."""
 
-    def __init__(self, argv: list[str], *, env: Mapping[str, str], cwd: str = ROOT) -> None:
+    def __init__(self, argv: list[str], *, env: Mapping[str, str], cwd: str = ROOT, stdin: bool = False) -> None:
         self.argv = argv
         self.proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                                     env=dict(env), cwd=cwd, stdin=subprocess.DEVNULL)
+                                     env=dict(env), cwd=cwd,
+                                     stdin=subprocess.PIPE if stdin else subprocess.DEVNULL)
         self.lines: list[str] = []
         self._queue: queue.Queue[str | None] = queue.Queue()
         self._reader = threading.Thread(target=self._read, daemon=True)
@@ -147,6 +148,12 @@ class Proc:
                 )
             if m := regex.search(self.lines[-1]):
                 return m
+
+    def write_line(self, text: str) -> None:
+        """A line to the process's stdin (started with ``stdin=True``)."""
+        assert self.proc.stdin is not None, "started without stdin=True"
+        self.proc.stdin.write(text + "\n")
+        self.proc.stdin.flush()
 
     def output(self) -> str:
         while self._drain(0):
