@@ -139,6 +139,9 @@ class WorkerServer:
         self._on_published = on_published
         self._clients: dict[bytes, _ClientConn] = {}
         self._revoked: set[str] = set()
+        # Peers that attached a valid ticket here at some time: they may read the traffic
+        # counters (also on a later connection that only fetches their held values).
+        self._admitted: set[bytes] = set()
         self._revoked_tasks: dict[int, str] = {}
         self._ids = itertools.count(1)
         self._owner: dict[int, _ClientConn] = {}
@@ -387,11 +390,14 @@ class WorkerServer:
         self._clients[peer] = conn
         self._report_paths()
         try:
-            async with trio.open_nursery() as nursery:
-                nursery.start_soon(conn.outbox.run)
-                async for msg in conn.channel:
-                    self._on_client_message(conn, stream, msg)
-                nursery.cancel_scope.cancel()
+            # A connection that breaks (a tampered frame, a reset) ends with that error,
+            # not a nursery's group: the listener logs it as an ended connection, not a crash.
+            with unwrap_single_group():
+                async with trio.open_nursery() as nursery:
+                    nursery.start_soon(conn.outbox.run)
+                    async for msg in conn.channel:
+                        self._on_client_message(conn, stream, msg)
+                    nursery.cancel_scope.cancel()
         finally:
             self._count_traffic(peer, stream.peer.user, path, stream.bytes_sent, stream.bytes_received)
             if self._clients.get(peer) is conn:
@@ -426,6 +432,7 @@ class WorkerServer:
                 conn.enqueue(ErrorReply("LeaseRefused", problem, msg.rid))
             else:
                 conn.leases[msg.ticket.lease_id] = msg.ticket
+                self._admitted.add(bytes(stream.peer.peer_id))
                 conn.enqueue(pm.Attached(msg.rid, msg.ticket.lease_id, self.identity.user, self.host, self.python))
         elif isinstance(msg, pm.Detach):
             conn.leases.pop(msg.lease_id, None)
@@ -444,7 +451,11 @@ class WorkerServer:
             assert self._nursery is not None
             self._nursery.start_soon(self._serve_fetch, conn, stream, msg)
         elif isinstance(msg, pm.StatsRequest):
-            conn.enqueue(pm.Stats(msg.rid, self.traffic_report()))
+            # Who uses this worker, and how much, is for its clients only.
+            if bytes(stream.peer.peer_id) in self._admitted:
+                conn.enqueue(pm.Stats(msg.rid, self.traffic_report()))
+            else:
+                conn.enqueue(ErrorReply("NotMemberError", "only this worker's clients may read its counters", msg.rid))
         elif isinstance(msg, pm.ReleaseObjects):
             released = self.held.release(bytes(stream.peer.peer_id), msg.object_ids)
             if self.dht is not None:
@@ -564,21 +575,27 @@ class WorkerServer:
         takes them as arguments."""
         peer = bytes(stream.peer.peer_id)
         owner_only = all((h := self.held.get(oid)) is None or h.owner == peer for oid in msg.object_ids)
-        if not owner_only and not await self._is_member(stream.peer.user):
-            conn.enqueue(ErrorReply("NotMemberError", f"{stream.peer.user} is not a member of {self.config.cluster}", msg.rid))
+        if not owner_only and not await self._is_cluster_worker(peer):
+            conn.enqueue(
+                ErrorReply("NotMemberError", f"{stream.peer} is not a worker of {self.config.cluster}", msg.rid)
+            )
             return
         conn.enqueue(pm.FetchedObjects(msg.rid, [self.held.value(oid) for oid in msg.object_ids]))
 
-    async def _is_member(self, user: str) -> bool:
-        """Asked of the board each time: membership may have changed since we started."""
+    async def _is_cluster_worker(self, peer: bytes) -> bool:
+        """Is ``peer`` a worker registered with our board for our cluster? Decided by its
+        peer id, which the handshake proved; the user name in a certificate is only a
+        claim (anyone can sign one that says "bob"). Asked of the board each time:
+        workers and members come and go."""
         board = self._board
         if board is None:
             return False
         try:
-            members = await board.call(lambda rid: bm.ClusterMembers(rid, self.config.cluster))
+            status = await board.call(lambda rid: bm.StatusRequest(rid, self.config.cluster))
         except P2prtError:
             return False
-        return user in list(members)
+        wanted = str(PeerId(peer))
+        return any(w.get("peer_id") == wanted for w in status.get("workers", []))
 
     async def _addresses_of(self, peer: bytes, known: list[bm.Address]) -> list[bm.Address]:
         """Where ``peer`` listens: its DHT record first (current), then ``known``."""
