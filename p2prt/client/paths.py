@@ -177,8 +177,8 @@ class Dialer:
                     await nursery.start(connect)  # our SYN is out: now the worker may answer
                     await board.call(lambda rid: bm.PunchRequest(rid, peer, ready=True))
         except BaseException:
-            for stream in punched:
-                await trio.aclose_forcefully(stream)
+            for leftover in punched:
+                await trio.aclose_forcefully(leftover)
             raise
         tcp = punched[0]
         try:
