@@ -441,7 +441,11 @@ class BoardServer:
             lease = self.scheduler.lease(lease_id)
             if lease is None or lease.client_peer_id != s.peer_id:
                 continue  # already gone (revoked, expired) or not this client's
+            worker = self.sessions.get(lease.worker_peer_id)
             self._route(self.scheduler.return_lease(lease_id, now))
+            if worker is not None:
+                # Its ticket stays valid until it expires: the worker must refuse it now.
+                worker.push(m.LeaseRevoked(lease_id, "returned by the client"))
         return None
 
     def _reachable_worker(self, s: Session, peer_id: bytes) -> Session:

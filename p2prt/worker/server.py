@@ -74,6 +74,10 @@ DHT_LOOKUP_TIMEOUT = 2.0
 """Seconds a DHT lookup may take before the addresses we already know are used."""
 
 
+REVOKED_MEMORY = 3600.0
+"""Seconds a revoked lease id is remembered: longer than any lease ticket lives."""
+
+
 @dataclass(frozen=True)
 class WorkerConfig:
     board_address: str
@@ -138,7 +142,7 @@ class WorkerServer:
         self._on_ready = on_ready
         self._on_published = on_published
         self._clients: dict[bytes, _ClientConn] = {}
-        self._revoked: set[str] = set()
+        self._revoked: dict[str, float] = {}  # lease id -> when (monotonic); pruned
         # Peers that attached a valid ticket here at some time: they may read the traffic
         # counters (also on a later connection that only fetches their held values).
         self._admitted: set[bytes] = set()
@@ -303,7 +307,7 @@ class WorkerServer:
                 self._nursery.start_soon(self._accept_relay, msg)
             return
         if isinstance(msg, bm.LeaseRevoked):
-            self._revoked.add(msg.lease_id)
+            self._remember_revoked(msg.lease_id)
             for conn in self._clients.values():
                 held = conn.held.pop(msg.lease_id, None)
                 if held:
@@ -315,6 +319,14 @@ class WorkerServer:
                         if lease_id == msg.lease_id:
                             self._revoked_tasks[pool_id] = msg.reason
                             self.pool.cancel(pool_id, force=True)
+
+    def _remember_revoked(self, lease_id: str) -> None:
+        """Refuse this lease's ticket from now on. Entries older than any ticket can
+        live are dropped (their tickets have expired anyway)."""
+        now = time.monotonic()
+        if len(self._revoked) >= 1024:
+            self._revoked = {k: t for k, t in self._revoked.items() if now - t < REVOKED_MEMORY}
+        self._revoked[lease_id] = now
 
     # -- clients
 

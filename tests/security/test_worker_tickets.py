@@ -159,3 +159,22 @@ async def test_a_revoked_lease_is_refused_and_runs_nothing_more(site: Site) -> N
         assert isinstance(await line.attach(again.ticket), pm.Attached)
         await line.works(again.ticket.lease_id)
     await line.aclose()
+
+
+async def test_a_returned_lease_cannot_be_attached_again(site: Site) -> None:
+    """A client that returned a lease (so its slot went back to the pool) cannot keep
+    using its still-unexpired ticket: the board tells the worker, which refuses it."""
+    worker = await site.start_worker()
+    carol = site.identity("carol")
+    async with site.connect(carol) as board:
+        grant = await lease(board)
+        line = await WorkerLine.open(carol, grant)
+        assert isinstance(await line.attach(grant.ticket), pm.Attached)
+        await line.works(grant.ticket.lease_id)
+        await board.send(bm.LeaseReturn([grant.ticket.lease_id]))
+        await worker.wait_revoked(grant.ticket.lease_id)
+        assert grant.ticket.expires > time.time()  # the ticket itself is still valid
+        assert "revoked" in await line.refused(grant.ticket)
+        result = await line.run(grant.ticket.lease_id, 2, 3)
+        assert result.status == "rejected", result
+        await line.aclose()
