@@ -17,7 +17,6 @@ The killer's choices are seeded; what is asserted does not depend on timing.
 
 from __future__ import annotations
 
-import json
 import os
 import random
 import signal
@@ -25,20 +24,11 @@ import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import pytest
 
-from ..runtime.procs import (
-    PYTHON,
-    READY_LINE,
-    Board,
-    Proc,
-    as_user,
-    make_key,
-    start_worker,
-    user_env,
-)
+from ..runtime.procs import PYTHON, Proc, user_env
+from .cluster import Cluster, read_report, wait_all_free
 
 pytestmark = pytest.mark.timeout(240)
 
@@ -93,50 +83,6 @@ report(phase="poison", poison=outcome, after_ok=[tuple(v) for v in after] == [(i
 sys.stdin.readline()
 p2prt.shutdown()
 """
-
-
-class Cluster:
-    """The board, alice's key and her workers; dead workers are replaced."""
-
-    def __init__(self, folder: Path) -> None:
-        self.folder = folder
-        self.board = Board(folder / "board", heartbeat_timeout=1.5)
-        self.key = make_key(folder, "alice")
-        self.board.add_user("alice", self.key)
-        self.workers: list[Proc] = []
-        self.started = 0
-        self.lock = threading.Lock()
-
-    def start_worker(self) -> Proc:
-        self.started += 1
-        proc = start_worker("alice", self.key, self.board, "alice/personal",
-                            self.folder / "config" / f"worker{self.started}", cpus=1)
-        proc.wait_for(READY_LINE)
-        return proc
-
-    def replace_dead(self) -> int:
-        """Start a worker for each that exited; returns how many."""
-        with self.lock:
-            dead = [w for w in self.workers if w.proc.poll() is not None]
-            for w in dead:
-                self.workers.remove(w)
-                w.stop()
-        for _ in dead:
-            fresh = self.start_worker()
-            with self.lock:
-                self.workers.append(fresh)
-        return len(dead)
-
-    def status(self) -> dict[str, Any]:
-        out = as_user("alice", self.key, self.board, self.folder / "config" / "alice", "status", "--json",
-                      "--cluster", "alice/personal").stdout
-        result: dict[str, Any] = json.loads(out)
-        return result
-
-    def close(self) -> None:
-        for w in self.workers:
-            w.stop()
-        self.board.stop()
 
 
 @pytest.fixture
@@ -200,23 +146,6 @@ class Killer(threading.Thread):
         assert not self.errors, self.errors
 
 
-def _read_report(driver: Proc, phase: str, timeout: float) -> dict[str, Any]:
-    line = driver.wait_for(rf'^\{{.*"phase": "{phase}".*\}}$', timeout=timeout).group(0)
-    result: dict[str, Any] = json.loads(line)
-    return result
-
-
-def _wait_all_free(cluster: Cluster, timeout: float = 30.0) -> dict[str, Any]:
-    deadline = time.monotonic() + timeout
-    while True:
-        st = cluster.status()
-        if all(w["busy"] == 0 for w in st["workers"]) and not st["leases"]:
-            return st
-        if time.monotonic() > deadline:
-            raise AssertionError(f"slots still taken {timeout} s after the driver went idle: {st}")
-        time.sleep(0.2)  # sleep-ok: poll interval of a bounded wait (each poll is a CLI process)
-
-
 def test_no_task_is_lost_or_doubled_and_no_lease_leaks_while_workers_die(cluster: Cluster) -> None:
     script = cluster.folder / "driver.py"
     script.write_text(DRIVER)
@@ -226,7 +155,7 @@ def test_no_task_is_lost_or_doubled_and_no_lease_leaks_while_workers_die(cluster
     driver = Proc([PYTHON, str(script), cluster.board.address, str(cluster.key), str(TASKS)],
                   env=user_env("alice", cluster.folder / "config" / "driver"), cwd=str(cluster.folder), stdin=True)
     try:
-        chaos = _read_report(driver, "chaos", timeout=200)
+        chaos = read_report(driver, "chaos", timeout=200)
         killer.chaos.clear()
         print(f"\nchaos: {killer.kills} kills, {killer.stops} stops: {chaos}")
         assert chaos["ok"], chaos
@@ -234,20 +163,20 @@ def test_no_task_is_lost_or_doubled_and_no_lease_leaks_while_workers_die(cluster
         assert killer.kills >= 2, "the run ended before the killer did anything"
         assert chaos["counters"].get("retries", 0) >= 1, chaos
         # Nothing leaked: with the driver idle (its leases linger 1 s), every slot is free.
-        st = _wait_all_free(cluster)
+        st = wait_all_free(cluster)
         assert len(st["workers"]) == WORKERS, st
 
         # A task that kills its worker: failed after three times, the cluster lives on
         # (the killer only replaces the dead now).
         driver.write_line("go")
-        poisoned = _read_report(driver, "poison", timeout=180)
+        poisoned = read_report(driver, "poison", timeout=180)
         print(f"poison: {poisoned}")
         assert poisoned["poison"].startswith("WorkerCrashedError") and "3 times in a row" in poisoned["poison"]
         assert poisoned["after_ok"], poisoned
         assert poisoned["duplicates"] == 0, poisoned
         driver.write_line("bye")
         assert driver.wait_exit(timeout=30) == 0, driver.output()
-        st = _wait_all_free(cluster)
+        st = wait_all_free(cluster)
         assert len(st["workers"]) == WORKERS, st
     finally:
         killer.stop()

@@ -187,10 +187,11 @@ class Proc:
 class Board:
     """``p2prt board`` in a subprocess on 127.0.0.1, any free port."""
 
-    def __init__(self, data: Path, *, heartbeat_timeout: float = 1.5) -> None:
+    def __init__(self, data: Path, *, heartbeat_timeout: float = 1.5, port: int = 0) -> None:
         self.data = data
+        self.heartbeat_timeout = heartbeat_timeout
         self.proc = Proc(
-            [PYTHON, "-m", "p2prt", "board", "--data", str(data), "--port", "0",
+            [PYTHON, "-m", "p2prt", "board", "--data", str(data), "--port", str(port),
              "--heartbeat-timeout", str(heartbeat_timeout)],
             env=env_with(),
         )
@@ -206,6 +207,12 @@ class Board:
 
     def stop(self) -> None:
         self.proc.stop()
+
+    def restart(self) -> None:
+        """SIGKILL the board and start it again on the same port with the same data."""
+        self.proc.kill()
+        self.proc.stop()
+        self.__init__(self.data, heartbeat_timeout=self.heartbeat_timeout, port=self.port)  # type: ignore[misc]
 
 
 def user_env(name: str, config_home: Path, **extra: str) -> dict[str, str]:
