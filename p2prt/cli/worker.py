@@ -34,8 +34,12 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p.add_argument("--user", help="your account name on the board")
     p.add_argument("--listen", default="0.0.0.0", help="address for clients to connect to (default 0.0.0.0)")
     p.add_argument("--announce", action="append", default=[], help="address to announce instead (repeatable)")
-    p.add_argument("--memory-limit", help="per-executor memory limit, e.g. 4G")
-    p.add_argument("--sandbox", action="store_true", help="run tasks under bubblewrap (read-only system, no network)")
+    p.add_argument("--memory-limit", help="per-executor memory limit (address space), e.g. 4G")
+    p.add_argument("--cpu-time-limit", type=int, metavar="SECONDS",
+                   help="CPU seconds one task may use before its executor is stopped")
+    p.add_argument("--sandbox", action="store_true",
+                   help="run tasks under bubblewrap (read-only system, private /tmp and home, no network, "
+                        "no other processes visible)")
     p.add_argument("--embedded", action="store_true", help=argparse.SUPPRESS)
     p.set_defaults(handler=cmd_worker)
 
@@ -83,6 +87,7 @@ def cmd_worker(args: argparse.Namespace) -> int:
         listen_host=args.listen,
         announce=tuple(args.announce),
         memory_limit=parse_size(args.memory_limit) if args.memory_limit else None,
+        cpu_time_limit=args.cpu_time_limit,
         sandbox=args.sandbox,
     )
     identity = NodeIdentity.create(load_user_key(args.key), args.user or default_user_name())

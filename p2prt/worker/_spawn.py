@@ -4,7 +4,8 @@ An executor is ``python -m p2prt.worker.executor FD [--memory BYTES] [--cpu SECO
 optionally wrapped in bubblewrap::
 
     bwrap --ro-bind / / --dev /dev --proc /proc --tmpfs /tmp --tmpfs $HOME \\
-          [--ro-bind P P ...] --unshare-net --die-with-parent python -m ...
+          [--ro-bind P P ...] --unshare-net --unshare-pid --unshare-ipc --unshare-uts \\
+          --unshare-cgroup-try --new-session --cap-drop ALL --die-with-parent python -m ...
 
 where the ``P`` are the directories Python needs that live under ``/tmp`` or ``$HOME``
 (a virtualenv in the home folder, this package's source tree, ``PYTHONPATH`` entries), so
@@ -77,7 +78,11 @@ def executor_argv(
         prefix += ["--tmpfs", path]
     for path in _needed_under(hidden, python, env):
         prefix += ["--ro-bind", path, path]
-    return [*prefix, "--unshare-net", "--die-with-parent", *argv]
+    # No network, no view of other processes (a task cannot signal its worker or the
+    # user's programs), no shared IPC, no terminal to inject into, no capabilities.
+    confine = ["--unshare-net", "--unshare-pid", "--unshare-ipc", "--unshare-uts", "--unshare-cgroup-try",
+               "--new-session", "--cap-drop", "ALL", "--die-with-parent"]
+    return [*prefix, *confine, *argv]
 
 
 def _needed_under(hidden: list[str], python: str, env: Mapping[str, str]) -> list[str]:

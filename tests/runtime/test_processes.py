@@ -523,3 +523,23 @@ def test_status_shows_that_workers_on_loopback_are_public(site: Site) -> None:
     wait_until(lambda: reach().count("public") >= 2, 30, "the board to dial the workers back")
     table = as_user("carol", site.keys["carol"], site.board, site.config("carol"), "status").stdout
     assert "reachability" in table and "public" in table
+
+
+def test_a_worker_s_cpu_time_limit_stops_a_runaway_task(
+    site: Site, driver: Callable[..., p2prt.ClusterInfo]
+) -> None:
+    worker = site.worker("bob", "--cpus", "1", "--resources", "limited=1", "--cpu-time-limit", "1",
+                         "--memory-limit", "2G")
+    try:
+        worker.wait_for(READY_LINE)
+        driver("carol")
+
+        @p2prt.remote(resources={"limited": 1}, max_retries=0)
+        def spin() -> None:
+            while True:
+                pass
+
+        with pytest.raises(WorkerCrashedError, match="CPU time limit"):
+            p2prt.get(spin.remote(), timeout=60)
+    finally:
+        worker.stop()

@@ -198,6 +198,32 @@ def getpid() -> int:
     return os.getpid()
 
 
+def confinement_probe(outside_tmp_file: str, watcher_pid: int) -> dict[str, str]:
+    """What a task can do to the machine it runs on (see the sandbox tests)."""
+    import uuid
+
+    out: dict[str, str] = {}
+    out["tmp_file_seen"] = str(os.path.exists(outside_tmp_file))
+    mine = f"/tmp/p2prt-probe-{uuid.uuid4().hex}"
+    with open(mine, "w") as f:
+        f.write("x")
+    out["own_tmp_file"] = mine
+    for target in ("/etc/p2prt-probe", "/usr/p2prt-probe"):
+        try:
+            with open(target, "w") as f:
+                f.write("x")
+            out[target] = "written"
+            os.unlink(target)
+        except OSError as exc:
+            out[target] = type(exc).__name__
+    try:
+        os.kill(watcher_pid, 0)
+        out["signal_outside"] = "possible"
+    except OSError as exc:
+        out["signal_outside"] = type(exc).__name__
+    return out
+
+
 def sandbox_probe(secret: str, port: int) -> tuple[str, str]:
     try:
         with open(secret) as f:
@@ -646,3 +672,20 @@ async def test_sandbox_hides_home_and_network(start_pool: StartPool, isolated_ho
         listener.close()
     assert read == "FileNotFoundError"
     assert net != "connected"
+
+
+@pytest.mark.skipif(shutil.which("bwrap") is None, reason="bubblewrap (bwrap) is not installed")
+async def test_sandbox_confines_the_task(start_pool: StartPool, tmp_path: Path) -> None:
+    """Read-only system, a private /tmp, and no process outside its own to signal."""
+    outside = tmp_path / "visible-outside.txt"
+    outside.write_text("here")
+    with trio.fail_after(10):
+        pool, h = await start_pool(1, sandbox=True)
+        t = make_task(confinement_probe, str(outside), os.getpid())
+        pool.submit([t])
+        seen = value(await h.result(t))
+    assert seen["tmp_file_seen"] == "False"  # the host's /tmp is not the task's
+    assert not os.path.exists(seen["own_tmp_file"])  # and the task's /tmp is not the host's
+    assert seen["/etc/p2prt-probe"] != "written" and seen["/usr/p2prt-probe"] != "written"
+    assert not os.path.exists("/etc/p2prt-probe") and not os.path.exists("/usr/p2prt-probe")
+    assert seen["signal_outside"] == "ProcessLookupError"  # the test process is invisible to it
