@@ -49,18 +49,16 @@ from ..board.link import BoardLink
 from ..errors import (
     GetTimeoutError,
     NoCompatibleWorkerError,
-    ObjectLostError,
     P2prtError,
     RuntimeUsageError,
     TaskCancelledError,
     TaskTimeoutError,
     WorkerCrashedError,
 )
-from ..identity.certificate import NodeIdentity, PeerId
+from ..identity.certificate import NodeIdentity
 from ..identity.known_boards import KnownBoards
-from ..serialization import dumps, loads, ship_by_value, ship_user_modules
+from ..serialization import dumps, ship_by_value, ship_user_modules
 from ..serialization.held import HeldRef
-from ..transport import DEFAULT_MAX_ATTACHMENT_BYTES, MessageChannel, NoiseStream, local_address
 from ..transport._errors import unwrap_single_group
 from ..wire import board as bm
 from ..wire import peer as pm
@@ -68,8 +66,10 @@ from ..wire.handshake import local_versions
 from ..wire.messages import Buffer, Message, readable
 from .connection import ClientLease, WorkerConnection
 from .failures import task_error_from_info
+from .held_values import HeldValues
+from .links import WorkerLinks
 from .objects import Failed, Held, ObjectRef, ObjectStore, Stored, new_object_id
-from .paths import UPGRADE_BACKOFF, Dialer, nat_paths, upgrade_interval, upgrade_paths
+from .paths import Dialer
 from .tasks import Inline, Shape, Task, TaskOptions
 
 if TYPE_CHECKING:
@@ -81,8 +81,6 @@ log = logging.getLogger(__name__)
 
 LINGER = 1.0
 """Seconds an idle lease is kept before it is returned to the board."""
-DHT_LOOKUP_TIMEOUT = 2.0
-"""Seconds a DHT lookup may take before the board's addresses are used."""
 HOLD_OVER = 1 << 20
 """Values of at least this many bytes stay on the worker that produced them."""
 MAX_LEASES_PER_SHAPE = 256
@@ -95,7 +93,7 @@ def _blake(data: bytes) -> bytes:
     return hashlib.blake2b(data, digest_size=16).digest()
 
 
-class ClientRuntime:
+class ClientRuntime(WorkerLinks, HeldValues):
     """Submit tasks to a cluster and collect their results. Thread-safe entry points:
     :meth:`submit`, :meth:`put`, :meth:`get`, :meth:`wait`, :meth:`cancel`, :meth:`shutdown`."""
 
@@ -290,19 +288,6 @@ class ClientRuntime:
         self._load_held([ref.id for ref in refs])
         return [self.store.value(ref.id) for ref in refs]
 
-    def _load_held(self, object_ids: list[bytes]) -> None:
-        """Fetch (in the runtime thread) and unpickle (here) values held by workers."""
-        wanted = [
-            oid for oid in dict.fromkeys(object_ids)
-            if isinstance(self.store.outcome(oid), Held) and not self.store.has_value(oid)
-        ]
-        if not wanted:
-            return
-        assert self._token is not None
-        fetched = trio.from_thread.run(self._fetch_held, wanted, trio_token=self._token)
-        for oid, stored in fetched.items():
-            if isinstance(stored, Stored):
-                self.store.set_value(oid, loads(readable(stored.data), [readable(b) for b in stored.buffers]))
 
     def wait(
         self, refs: list[ObjectRef], num_returns: int, timeout: float | None
@@ -542,34 +527,7 @@ class ClientRuntime:
             self._dht_started = True
             self._nursery.start_soon(self._run_dht, client)
 
-    async def _run_dht(self, client: BoardClient) -> None:
-        """A client-mode DHT node (it asks, it does not serve), bootstrapped from the
-        board's: where leased workers and held values are."""
-        from ..dht import open_dht_node
 
-        dht = client.welcome.dht
-        local = local_address(client.channel.stream)
-        if dht is None or local is None:
-            return
-        try:
-            async with open_dht_node(self.identity, local[0], 0, bootstrap=[(dht.host, dht.port)], serve=False) as node:
-                self.dht = node
-                await trio.sleep_forever()
-        except P2prtError as exc:
-            log.warning("no DHT node (worker addresses come from the board): %s", exc)
-        finally:
-            self.dht = None
-
-    async def _addresses_of(self, peer: bytes, known: list[bm.Address]) -> list[bm.Address]:
-        """Where ``peer`` listens: its signed DHT record first, then what the board said."""
-        if self.dht is None:
-            return known
-        from ..dht import addresses_of
-
-        self.stats["dht_lookups"] += 1
-        addrs, found = await addresses_of(self.dht, peer, known, timeout=DHT_LOOKUP_TIMEOUT)
-        self.stats["dht_found"] += found
-        return addrs
 
     async def _on_board_push(self, msg: Message) -> None:
         if isinstance(msg, bm.LeaseGranted):
@@ -604,168 +562,6 @@ class ClientRuntime:
                     self._requested[shape] = 0
                     self._fail_shape(shape, lambda: NoCompatibleWorkerError(reason))
 
-    async def _activate(self, lease: ClientLease, addrs: list[bm.Address]) -> None:
-        peer = lease.ticket.worker_peer_id
-        try:
-            if peer not in self._conns:
-                addrs = await self._addresses_of(peer, addrs)
-            conn = await self._connection(peer, addrs)
-            attached = await conn.attach(lease.ticket)
-        except P2prtError as exc:
-            log.warning("cannot use lease %s: %s", lease.lease_id, exc)
-            self._leases.pop(lease.lease_id, None)
-            if self._board is not None:
-                try:
-                    await self._board.send(bm.LeaseReturn([lease.lease_id]))
-                except P2prtError:
-                    pass
-            self._place()
-            return
-        if lease.lease_id not in self._leases:  # revoked while we attached
-            conn.enqueue(pm.Detach(lease.lease_id))
-            return
-        conn.host = attached.worker_host
-        lease.conn = conn
-        lease.active = True
-        conn.leases[lease.lease_id] = lease
-        self._place()
-
-    async def _connection(self, peer: bytes, addrs: list[bm.Address]) -> WorkerConnection:
-        if addrs:
-            self._peer_addrs[peer] = list(addrs)
-        conn = self._conns.get(peer)
-        if conn is not None and not conn.closed:
-            return conn
-        pending = self._connecting.get(peer)
-        if pending is not None:
-            await pending.wait()
-            conn = self._conns.get(peer)
-            if conn is not None and not conn.closed:
-                return conn
-        event = self._connecting[peer] = trio.Event()
-        try:
-            stream, path = await self.dialer.reach(peer, addrs, nat_paths())
-            return self._open_connection(stream, path)
-        finally:
-            event.set()
-            self._connecting.pop(peer, None)
-
-    def _open_connection(self, stream: NoiseStream, path: str) -> WorkerConnection:
-        channel = MessageChannel(stream, max_attachment_bytes=DEFAULT_MAX_ATTACHMENT_BYTES)
-        conn = WorkerConnection(channel, self._on_worker_message)
-        conn.path = path
-        self._conns[conn.peer_id] = conn
-        assert self._nursery is not None
-        self._nursery.start_soon(self._serve_connection, conn)
-        if path == "relayed" and upgrade_paths():
-            self._nursery.start_soon(self._upgrade, conn)
-        return conn
-
-    # -- a relayed connection goes direct when it can
-
-    async def _upgrade(self, old: WorkerConnection) -> None:
-        """Try now and then to replace relayed connection ``old`` by a direct or punched
-        one; on success its leases move over as soon as their tasks in flight are done,
-        and ``old`` closes once it carries nothing (DESIGN.md §6)."""
-        first = delay = upgrade_interval()
-        while True:
-            await trio.sleep(delay)  # sleep-ok: retry backoff
-            delay = min(delay * 2, first * UPGRADE_BACKOFF)
-            if old.closed or self._conns.get(old.peer_id) is not old:
-                return
-            peer = old.peer_id
-            addrs = await self._addresses_of(peer, self._peer_addrs.get(peer, []))
-            try:
-                stream, path = await self.dialer.reach(peer, addrs, upgrade_paths())
-            except P2prtError as exc:
-                self.stats["upgrade_failures"] += 1
-                log.debug("relayed connection to %s stays relayed: %s", old.label, exc)
-                continue
-            if old.closed or self._conns.get(peer) is not old:
-                await trio.aclose_forcefully(stream)
-                return
-            new = self._open_connection(stream, path)
-            new.host = old.host
-            old.retired = True
-            self.stats["upgrades"] += 1
-            log.info("connection to worker %s upgraded from relayed to %s", old.label, path)
-            for lease in list(old.leases.values()):
-                if not lease.inflight:
-                    self._move_lease(lease, new)
-            self._close_if_idle(old)
-            return
-
-    def _move_lease(self, lease: ClientLease, new: WorkerConnection) -> None:
-        """Attach ``lease`` (no task of it in flight) to ``new`` instead of its old,
-        retired connection."""
-        old = lease.conn
-        if old is not None:
-            old.leases.pop(lease.lease_id, None)
-        lease.active = False
-        assert self._nursery is not None
-        self._nursery.start_soon(self._attach_moved, lease, new, old)
-
-    async def _attach_moved(self, lease: ClientLease, new: WorkerConnection, old: WorkerConnection | None) -> None:
-        try:
-            await new.attach(lease.ticket)
-        except P2prtError as exc:
-            log.warning("cannot move lease %s to the new connection: %s", lease.lease_id, exc)
-            if self._leases.pop(lease.lease_id, None) is not None:
-                self._board_send_soon(bm.LeaseReturn([lease.lease_id]))
-        else:
-            if lease.lease_id not in self._leases:  # revoked or released meanwhile
-                new.enqueue(pm.Detach(lease.lease_id))
-            else:
-                lease.conn = new
-                lease.active = True
-                new.leases[lease.lease_id] = lease
-        if old is not None:
-            self._close_if_idle(old)
-        self._place()
-
-    def _close_if_idle(self, old: WorkerConnection) -> None:
-        if old.retired and not old.leases and not old.inflight and not old.closed:
-            old.closed = True
-            assert self._nursery is not None
-            self._nursery.start_soon(trio.aclose_forcefully, old.channel.stream)
-
-    async def _serve_connection(self, conn: WorkerConnection) -> None:
-        try:
-            async with trio.open_nursery() as n:
-                n.start_soon(conn.writer)
-                await conn.reader()
-                n.cancel_scope.cancel()
-        except P2prtError as exc:
-            if not conn.retired:
-                log.info("connection to worker %s lost: %s", conn.label, exc)
-        except BaseExceptionGroup as group:
-            if not conn.retired:
-                log.info("connection to worker %s lost: %r", conn.label, group.exceptions[0])
-        finally:
-            conn.fail_pending()
-            stream = conn.channel.stream
-            counted = self._traffic.setdefault(conn.peer_id, [conn.name, {}, {}])
-            counted[1][conn.path] = counted[1].get(conn.path, 0) + stream.bytes_sent
-            counted[2][conn.path] = counted[2].get(conn.path, 0) + stream.bytes_received
-            if self._conns.get(conn.peer_id) is conn:
-                del self._conns[conn.peer_id]
-            self._connection_lost(conn)
-            await trio.aclose_forcefully(conn.channel.stream)
-
-    def _connection_lost(self, conn: WorkerConnection) -> None:
-        for lease in list(conn.leases.values()):
-            self._leases.pop(lease.lease_id, None)
-            if self._board is not None:
-                self._board_send_soon(bm.LeaseReturn([lease.lease_id]))
-        conn.leases.clear()
-        for task in list(conn.inflight.values()):
-            # A task waiting for its nested tasks lent its slot out and runs nothing: it
-            # is not suspected of having killed the worker (Dask blames only what runs).
-            self._retry_or_fail(
-                task, "crashed", f"lost the connection to worker {conn.label}", crash=not task.nested_waits
-            )
-        conn.inflight.clear()
-        self._place()
 
     def _board_send_soon(self, msg: Message) -> None:
         board = self._board
@@ -901,87 +697,10 @@ class ClientRuntime:
         task.lease_id = None
         self._queues[task.options.shape].appendleft(task)
 
-    def _rebuild(self, object_id: bytes, why: str) -> None:
-        """A held value was lost with its holder: run the task that made it again
-        (within its retries), or fail the object with :class:`ObjectLostError`."""
-        if object_id in self._tasks or not isinstance(self.store.outcome(object_id), Held):
-            return  # already being rebuilt, or not held
-        producer = self._lineage.pop(object_id, None)
-        self.store.renew(object_id)
-        if producer is None or producer.cancelled or not producer.options.retries_left(producer.attempts):
-            name = producer.name if producer is not None else "its task"
-            text = f"the value of {name} was lost ({why}) and cannot be rebuilt: its retries are used up"
-            self.store.resolve(object_id, Failed(lambda: ObjectLostError(text)))
-            for dependent in self._waiting_on.pop(object_id, []):
-                if dependent.object_id in self._tasks:
-                    self._finish(dependent, Failed(lambda: ObjectLostError(text)))
-            return
-        self.stats["rebuilds"] += 1
-        self._tasks[object_id] = producer
-        self._requeue(producer)
-        self._place()
 
-    async def _fetch_held(self, object_ids: list[bytes]) -> dict[bytes, Stored | Failed]:
-        """Fetch values from the workers that hold them; a lost one is rebuilt (and
-        fetched again) or fails. Runs in the runtime thread; nothing is unpickled here."""
-        out: dict[bytes, Stored | Failed] = {}
-        pending = list(object_ids)
-        while pending:
-            by_holder: dict[bytes, list[bytes]] = {}
-            for oid in pending:
-                outcome = self.store.outcome(oid)
-                if outcome is None:
-                    await self._wait_future(self.store.future(oid))
-                    outcome = self.store.outcome(oid)
-                if isinstance(outcome, Held):
-                    by_holder.setdefault(outcome.holder, []).append(oid)
-                elif outcome is not None:
-                    out[oid] = outcome
-            pending = []
-            for holder, oids in by_holder.items():
-                try:
-                    conn = await self._connection(holder, self._peer_addrs.get(holder, []))
-                    values = await conn.fetch(oids)
-                except P2prtError as exc:
-                    values = [pm.ObjectValue(oid, "lost", b"", [], f"its holder is unreachable: {exc}") for oid in oids]
-                for value in values:
-                    if value.status == "ok":
-                        out[value.object_id] = Stored(value.data, list(value.buffers))
-                    else:
-                        self._rebuild(value.object_id, value.message)
-                        pending.append(value.object_id)
-        return out
 
-    def traffic_report(self) -> dict[str, Any]:
-        """Bytes exchanged with each peer, by path (runtime thread)."""
-        totals: dict[bytes, list[Any]] = {p: [u, dict(sent), dict(rec)] for p, (u, sent, rec) in self._traffic.items()}
-        for peer, conn in self._conns.items():
-            entry = totals.setdefault(peer, [conn.name, {}, {}])
-            stream = conn.channel.stream
-            entry[1][conn.path] = entry[1].get(conn.path, 0) + stream.bytes_sent
-            entry[2][conn.path] = entry[2].get(conn.path, 0) + stream.bytes_received
-        return {str(PeerId(p)): {"user": u, "sent": sent, "received": rec} for p, (u, sent, rec) in totals.items()}
 
-    async def collect_traffic(self) -> dict[str, Any]:
-        """This process's counters and those of every worker it is connected to."""
-        workers: dict[str, Any] = {}
-        for peer, conn in list(self._conns.items()):
-            try:
-                workers[str(PeerId(peer))] = await conn.traffic()
-            except P2prtError as exc:
-                workers[str(PeerId(peer))] = {"error": str(exc)}
-        return {"peers": self.traffic_report(), "workers": workers}
 
-    def _send_releases(self) -> None:
-        by_holder: dict[bytes, list[bytes]] = {}
-        while self._to_release:
-            holder, oid = self._to_release.popleft()
-            self._lineage.pop(oid, None)
-            by_holder.setdefault(holder, []).append(oid)
-        for holder, oids in by_holder.items():
-            conn = self._conns.get(holder)
-            if conn is not None and not conn.closed:
-                conn.enqueue(pm.ReleaseObjects(oids))
 
     def _finish(self, task: Task, outcome: Stored | Failed | Held) -> None:
         self._tasks.pop(task.object_id, None)
