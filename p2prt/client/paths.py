@@ -21,7 +21,7 @@ from __future__ import annotations
 import collections
 import logging
 import os
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 
 import trio
 
@@ -105,15 +105,18 @@ class Dialer:
                 won.append((stream, path))
                 race.cancel_scope.cancel()
 
-            async def dial(addr: bm.Address) -> None:
+            async def attempt(what: str, path: str, connect: Callable[[], Awaitable[NoiseStream]]) -> None:
                 try:
-                    stream = await open_secure_stream(
-                        addr.host, addr.port, self.identity, expected_peer_id=PeerId(peer), timeout=DIAL_TIMEOUT
-                    )
+                    stream = await connect()
                 except P2prtError as exc:
-                    errors.append(f"direct {addr.host}:{addr.port}: {exc}")
+                    errors.append(f"{what}: {exc}")
                     return
-                finish(stream, "direct")
+                finish(stream, path)
+
+            def dial(addr: bm.Address) -> Callable[[], Awaitable[NoiseStream]]:
+                return lambda: open_secure_stream(
+                    addr.host, addr.port, self.identity, expected_peer_id=PeerId(peer), timeout=DIAL_TIMEOUT
+                )
 
             async def direct() -> None:
                 if "direct" in paths:
@@ -121,7 +124,7 @@ class Dialer:
                         errors.append("direct: the worker announced no address")
                     async with trio.open_nursery() as dials:
                         for addr in addrs:
-                            dials.start_soon(dial, addr)
+                            dials.start_soon(attempt, f"direct {addr.host}:{addr.port}", "direct", dial(addr))
                 direct_over.set()
 
             async def hole_punch() -> None:
@@ -129,12 +132,7 @@ class Dialer:
                     if "punch" in paths:
                         with trio.move_on_after(PUNCH_HEAD_START):
                             await direct_over.wait()
-                        try:
-                            stream = await self.punch_to(peer)
-                        except P2prtError as exc:
-                            errors.append(f"hole punch: {exc}")
-                            return
-                        finish(stream, "punched")
+                        await attempt("hole punch", "punched", lambda: self.punch_to(peer))
                 finally:
                     punch_over.set()
 
@@ -142,12 +140,7 @@ class Dialer:
                 await direct_over.wait()
                 await punch_over.wait()
                 if "relay" in paths:
-                    try:
-                        stream = await self.relay_to(peer)
-                    except P2prtError as exc:
-                        errors.append(f"relay: {exc}")
-                        return
-                    finish(stream, "relayed")
+                    await attempt("relay", "relayed", lambda: self.relay_to(peer))
 
             race.start_soon(direct)
             race.start_soon(hole_punch)
