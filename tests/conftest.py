@@ -1,10 +1,58 @@
-"""Fixtures shared by the whole test suite."""
+"""Fixtures and settings shared by the whole test suite.
+
+- Tests marked ``slow`` (long fuzz runs) are skipped unless selected: ``-m slow`` (or any
+  ``-m`` expression that names ``slow`` without ``not slow``), or ``P2PRT_SLOW=1``.
+- Hypothesis runs derandomized by default, so every run of the default suite draws the
+  same examples. When slow tests are selected it draws fresh random ones each run
+  (give ``--hypothesis-seed=N`` to repeat a run).
+- :func:`fuzz_examples` counts the examples property tests really ran; the total is
+  printed at the end of the run.
+"""
 
 from __future__ import annotations
 
+import os
+from collections import Counter
 from pathlib import Path
 
 import pytest
+from hypothesis import settings
+
+settings.register_profile("p2prt", derandomize=True, deadline=None)
+settings.register_profile("p2prt-slow", derandomize=False, deadline=None, print_blob=True)
+
+_EXAMPLES = pytest.StashKey["Counter[str]"]()
+
+
+def slow_selected(config: pytest.Config) -> bool:
+    """Whether this run includes the tests marked ``slow``."""
+    markexpr = str(config.getoption("markexpr") or "")
+    return bool(os.environ.get("P2PRT_SLOW")) or ("slow" in markexpr and "not slow" not in markexpr)
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    settings.load_profile("p2prt-slow" if slow_selected(config) else "p2prt")
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    if slow_selected(config):
+        return
+    skip = pytest.mark.skip(reason="slow: select with -m slow (or set P2PRT_SLOW=1)")
+    for item in items:
+        if item.get_closest_marker("slow") is not None:
+            item.add_marker(skip)
+
+
+@pytest.fixture(scope="session")
+def fuzz_examples(pytestconfig: pytest.Config) -> Counter[str]:
+    """Examples run per property (add to it in the test); summed up at the end of the run."""
+    return pytestconfig.stash.setdefault(_EXAMPLES, Counter())
+
+
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter, config: pytest.Config) -> None:
+    counts = config.stash.get(_EXAMPLES, None)
+    if counts:
+        terminalreporter.write_sep("-", f"property examples run: {sum(counts.values()):,} in {len(counts)} properties")
 
 _SCRUBBED_ENV = (
     "XDG_CONFIG_HOME",
