@@ -44,6 +44,7 @@ from ..transport import (
     local_address,
     serve_secure,
 )
+from ..transport._errors import unwrap_single_group
 from ..transport.noise_stream import noise_accept
 from ..transport.punch import punch
 from ..transport.relay import open_relay
@@ -380,11 +381,14 @@ class WorkerServer:
         self._clients[peer] = conn
         self._report_paths()
         try:
-            async with trio.open_nursery() as nursery:
-                nursery.start_soon(conn.outbox.run)
-                async for msg in conn.channel:
-                    self._on_client_message(conn, stream, msg)
-                nursery.cancel_scope.cancel()
+            # A broken or hostile connection ends with its own p2prt error, not wrapped in
+            # the nursery's group (serve_secure would report that as a crash).
+            with unwrap_single_group():
+                async with trio.open_nursery() as nursery:
+                    nursery.start_soon(conn.outbox.run)
+                    async for msg in conn.channel:
+                        self._on_client_message(conn, stream, msg)
+                    nursery.cancel_scope.cancel()
         finally:
             self._count_traffic(peer, stream.peer.user, path, stream.bytes_sent, stream.bytes_received)
             if self._clients.get(peer) is conn:
