@@ -34,7 +34,8 @@ def slow_selected(config: pytest.Config) -> bool:
 
 
 def pytest_configure(config: pytest.Config) -> None:
-    settings.load_profile("p2prt-slow" if slow_selected(config) else "p2prt")
+    if not config.getoption("hypothesis_profile", None):  # an explicit --hypothesis-profile wins
+        settings.load_profile("p2prt-slow" if slow_selected(config) else "p2prt")
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
