@@ -226,8 +226,6 @@ class Attacker:
     async def malformed_frames(self, t: Target) -> None:
         async with _session(t, self.mallory) as stream:
             await _send(stream, self._malformed_frame(t))
-            # The worker answers a Ping it does not expect, the board an unknown one: both
-            # then meet the garbage and end the session.
             assert await _closed_by_peer(stream, SERVER_REACTS), f"{t.name} kept a session after a malformed frame"
 
     def _hostile_requests(self, t: Target) -> tuple[list[Message], set[int]]:

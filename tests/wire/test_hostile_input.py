@@ -176,7 +176,7 @@ class _Feeder:
         return bytearray(size) if size < 4096 else _Sink(size)
 
 
-def attachment_pieces(limit: int) -> st.SearchStrategy[bytes]:
+def attachment_pieces() -> st.SearchStrategy[bytes]:
     bodies = st.one_of(st.binary(max_size=60), messages().map(encode_message))
     valid = st.tuples(bodies, st.lists(st.binary(max_size=200), max_size=3)).map(
         lambda t: b"".join(bytes(p) for p in encode_parts(t[0], list(t[1])))
@@ -194,7 +194,7 @@ def attachment_pieces(limit: int) -> st.SearchStrategy[bytes]:
 def attachment_streams(draw: st.DrawFn) -> tuple[int, int, bytes, list[int], bool]:
     max_frame = draw(st.sampled_from([0, 10, 300, 1 << 20]))
     limit = draw(st.sampled_from([0, 1, 500, 1 << 20, 1 << 40]))
-    data = b"".join(draw(st.lists(attachment_pieces(limit), max_size=5)))
+    data = b"".join(draw(st.lists(attachment_pieces(), max_size=5)))
     return max_frame, limit, data, draw(CUTS), draw(st.booleans())
 
 
