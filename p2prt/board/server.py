@@ -361,11 +361,8 @@ class BoardServer:
 
     def _register_worker(self, s: Session, msg: m.WorkerRegister) -> None:
         user = self._require_member(s, msg.cluster)
-        if s.worker_cluster is not None and s.worker_cluster != msg.cluster:
-            self._route(self.scheduler.unregister_worker(s.peer_id, self.clock()))
-        s.worker_cluster = msg.cluster
-        s.listen = list(msg.listen)
-        s.registration = msg
+        # The scheduler checks the offer before it changes anything (a registration for
+        # another cluster replaces the old one there), so a refused one loses nothing.
         events = self.scheduler.register_worker(
             s.peer_id,
             user=user,
@@ -376,6 +373,9 @@ class BoardServer:
             python=msg.python,
             now=self.clock(),
         )
+        s.worker_cluster = msg.cluster
+        s.listen = list(msg.listen)
+        s.registration = msg
         self._route(events)
         if msg.cluster in self._parked:
             self._unpark(msg.cluster)
@@ -399,13 +399,15 @@ class BoardServer:
 
     def _on_lease_request(self, s: Session, msg: m.LeaseRequest) -> Any:
         self._require_member(s, msg.cluster)
+        events = self._request(s, msg)  # a refused request raises here, before any answer
         s.push(m.Ok(msg.rid, None))  # the Ok goes out first; grants follow in the same batch
-        self._request(s, msg)
+        self._route(events)  # an Unsatisfiable for a cluster without workers is parked there
         return _NO_REPLY
 
-    def _request(self, s: Session, msg: m.LeaseRequest) -> None:
+    def _request(self, s: Session, msg: m.LeaseRequest) -> list[Any]:
+        """The scheduler's events for ``msg`` (not routed yet)."""
         assert s.user is not None
-        events = self.scheduler.request_leases(
+        return self.scheduler.request_leases(
             s.peer_id,
             s.user,
             msg.cluster,
@@ -415,12 +417,11 @@ class BoardServer:
             python=msg.python or s.peer.versions.python,
             now=self.clock(),
         )
-        self._route(events)  # an Unsatisfiable for a cluster without workers is parked there
 
     def _unpark(self, cluster: str) -> None:
         for s, msg in self._parked.pop(cluster, []):
             if self.sessions.get(s.peer_id) is s:
-                self._request(s, msg)
+                self._route(self._request(s, msg))
 
     def _drop_parked(self, s: Session, cluster: str | None = None) -> None:
         for name in [cluster] if cluster is not None else list(self._parked):

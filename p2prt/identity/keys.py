@@ -72,7 +72,9 @@ class SshPublicKey:
         try:
             blob = base64.b64decode(parts[1], validate=True)
             key = serialization.load_ssh_public_key(f"{parts[0]} {parts[1]}".encode())
-        except (ValueError, binascii.Error, UnsupportedAlgorithm) as exc:
+        except (ValueError, binascii.Error, UnsupportedAlgorithm, NotImplementedError) as exc:
+            # cryptography raises NotImplementedError for an ECDSA key whose point is not
+            # uncompressed: a line from a peer (a certificate) may be anything.
             raise KeyLoadError(f"not a usable OpenSSH public key ({exc})") from None
         if not isinstance(key, (ed25519.Ed25519PublicKey, rsa.RSAPublicKey, ec.EllipticCurvePublicKey)):
             raise KeyLoadError(f"unsupported SSH key type {parts[0]}")

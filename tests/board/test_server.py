@@ -9,6 +9,7 @@ comes after every push queued for that session before it.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import random
 import socket
@@ -26,6 +27,7 @@ from p2prt.errors import (
     NotMemberError,
     NotRegisteredError,
     RegistrationClosedError,
+    SchedulerError,
     TransportError,
 )
 from p2prt.identity import NodeIdentity, generate_ed25519
@@ -398,6 +400,47 @@ async def test_requests_wait_for_the_first_worker(board: RunningBoard) -> None:
 
 
 # -- 10. hostile input --------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "request_",
+    [
+        pytest.param(m.LeaseRequest(0, "alice/personal", 0), id="count-0"),
+        pytest.param(m.LeaseRequest(0, "alice/personal", 1, 0), id="num-cpus-0"),
+        pytest.param(m.LeaseRequest(0, "alice/personal", 1, 1, {"gpu": -1.0}), id="negative-resource"),
+    ],
+)
+async def test_a_refused_lease_request_is_answered_with_its_error_only(board: RunningBoard, request_: m.LeaseRequest) -> None:
+    # Regression: the board answered Ok before the scheduler checked the request, then
+    # the error with the same request id, which the client dropped: the refusal was lost.
+    async with board.connect("alice") as worker, board.connect("alice") as alice:
+        await register_worker(worker, "alice/personal", 2)
+        with trio.fail_after(PUSH_TIMEOUT), pytest.raises(SchedulerError):
+            await alice.call(lambda rid: dataclasses.replace(request_, rid=rid))
+        assert [p for p in await pushes_so_far(alice) if isinstance(p, (m.Ok, ErrorReply))] == []
+        st = await status(alice, "alice/personal")
+        assert st["waiting"] == [] and st["leases"] == []
+        await lease_cycle(alice)  # the session serves on
+
+
+async def test_a_refused_worker_registration_keeps_the_one_before(board: RunningBoard) -> None:
+    # Regression: a refused WorkerRegister (for another cluster, or the same) first
+    # unregistered the worker and replaced the session's registration, so its leases
+    # were revoked and its heartbeats kept re-sending the refused offer.
+    async with board.connect("alice") as worker, board.connect("alice") as alice:
+        await register_worker(worker, "alice/personal", 2)
+        await request_leases(alice, "alice/personal", 1)
+        (grant,) = await expect_pushes(alice, m.LeaseGranted, 1)
+        other = await create_cluster(alice, "other")
+        for cluster in (other, "alice/personal"):
+            with trio.fail_after(PUSH_TIMEOUT), pytest.raises(SchedulerError):
+                await worker.call(lambda rid, c=cluster: m.WorkerRegister(rid, c, 0, {}, "3.11", "h1", WORKER_LISTEN))
+        await worker.heartbeat()
+        st = await status(alice)
+        assert [(w["cluster"], w["slots"], w["leases"]) for w in st["workers"]] == [("alice/personal", 2, 1)]
+        assert not any(isinstance(p, m.LeaseRevoked) for p in await pushes_so_far(alice))
+        await alice.send(m.LeaseReturn([grant.ticket.lease_id]))
+        await lease_cycle(alice)
 
 
 class Progress:

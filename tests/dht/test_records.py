@@ -2,15 +2,19 @@
 
 from __future__ import annotations
 
+import base64
 import dataclasses
 import time
 from typing import Any
 
 import cbor2
 import pytest
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ec
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from p2prt.dht._storage import check_value
 from p2prt.errors import (
     BadCertificateSignatureError,
     BadRecordSignatureError,
@@ -196,6 +200,22 @@ def test_certificate_with_bad_ssh_signature(alice: NodeIdentity, keys: dict[str,
     rec = PeerRecord.create(ident, ADDRS, None, seq=1, ttl=60, now=T0)
     with pytest.raises(BadCertificateSignatureError):
         verify_record(rec, now=T0)
+
+
+def test_certificate_naming_an_unusable_ssh_key(alice: NodeIdentity) -> None:
+    # Regression (found by fuzzing): an ECDSA key with a compressed point made verification
+    # raise NotImplementedError, which lookups do not catch: a hostile node's answer
+    # could end a worker's fetch of an argument. Now it is a CertificateError.
+    point = ec.generate_private_key(ec.SECP256R1()).public_key().public_bytes(
+        serialization.Encoding.X962, serialization.PublicFormat.CompressedPoint
+    )
+    blob = b"".join(len(part).to_bytes(4, "big") + part for part in (b"ecdsa-sha2-nistp256", b"nistp256", point))
+    cert = dataclasses.replace(alice.certificate, ssh_public_key="ecdsa-sha2-nistp256 " + base64.b64encode(blob).decode())
+    rec = PeerRecord.create(NodeIdentity(alice.static_private, cert, alice.signing_private), ADDRS, None, seq=1, ttl=60, now=T0)
+    with pytest.raises(CertificateError, match="unusable SSH key"):
+        verify_record(rec, now=T0)
+    with pytest.raises(CertificateError):
+        check_value(rec.key, encode_record(rec), now=T0)
 
 
 def test_malformed_certificate(peer: PeerRecord) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import functools
 import shutil
 import stat
@@ -368,6 +369,23 @@ def _garbage_lines() -> list[str]:
 def test_parse_garbage_is_key_load_error(line: str) -> None:
     with pytest.raises(KeyLoadError):
         SshPublicKey.parse(line)
+
+
+def compressed_point_ecdsa_line() -> str:
+    """An ``ecdsa-sha2-nistp256`` line whose point is in compressed form (OpenSSH only
+    writes uncompressed points; cryptography refuses the others)."""
+    point = ec.generate_private_key(ec.SECP256R1()).public_key().public_bytes(
+        serialization.Encoding.X962, serialization.PublicFormat.CompressedPoint
+    )
+    blob = b"".join(len(part).to_bytes(4, "big") + part for part in (b"ecdsa-sha2-nistp256", b"nistp256", point))
+    return "ecdsa-sha2-nistp256 " + base64.b64encode(blob).decode()
+
+
+def test_parse_an_ecdsa_key_with_a_compressed_point_is_key_load_error() -> None:
+    # Regression (found by fuzzing): cryptography's NotImplementedError escaped parse, so
+    # a certificate naming such a key broke DHT lookups with an unexpected exception.
+    with pytest.raises(KeyLoadError, match="uncompressed point"):
+        SshPublicKey.parse(compressed_point_ecdsa_line())
 
 
 # --- write_private_key ----------------------------------------------------------------------

@@ -11,11 +11,7 @@ import dataclasses
 import datetime
 import decimal
 import fractions
-import importlib
 import ipaddress
-import os
-import pkgutil
-import types
 import typing
 import uuid
 from typing import Any
@@ -25,7 +21,6 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-import p2prt.wire
 from p2prt.errors import (
     InvalidMessageError,
     MalformedFrameError,
@@ -37,7 +32,6 @@ from p2prt.wire.messages import (
     INT_MAX,
     INT_MIN,
     MAX_NESTING,
-    Buffer,
     Message,
     Record,
     decode_message,
@@ -46,69 +40,9 @@ from p2prt.wire.messages import (
     record,
 )
 
-# Register every message type the wire package defines, wherever it lives.
-for _info in pkgutil.iter_modules(p2prt.wire.__path__):
-    importlib.import_module(f"p2prt.wire.{_info.name}")
+from .strategies import MESSAGE_TYPES, field_types, is_optional, optional_inner, strategy_for
 
-MESSAGE_TYPES = sorted(message_types().values(), key=lambda cls: cls.TAG)
 BY_TYPE = pytest.mark.parametrize("cls", MESSAGE_TYPES, ids=[cls.TAG for cls in MESSAGE_TYPES])
-
-WIRE_INT = st.integers(min_value=INT_MIN, max_value=INT_MAX)  # the integers a field accepts
-FLOATS = st.floats(allow_nan=False)  # NaN != NaN would break equality, not the codec
-
-
-# -- strategies from field types ------------------------------------------------------
-
-PLAIN: st.SearchStrategy[Any] = st.recursive(
-    st.none() | st.booleans() | WIRE_INT | FLOATS | st.text(max_size=20) | st.binary(max_size=20),
-    lambda children: (
-        st.lists(children, max_size=4) | st.dictionaries(st.text(max_size=8) | WIRE_INT, children, max_size=4)
-    ),
-    max_leaves=12,
-)
-"""Values for ``Any`` fields: plain CBOR data."""
-
-
-def _is_optional(tp: Any) -> bool:
-    args = typing.get_args(tp)
-    return typing.get_origin(tp) in (typing.Union, types.UnionType) and len(args) == 2 and type(None) in args
-
-
-def _optional_inner(tp: Any) -> Any:
-    return next(a for a in typing.get_args(tp) if a is not type(None))
-
-
-def field_types(cls: type[Record]) -> list[tuple[dataclasses.Field[Any], Any]]:
-    hints = typing.get_type_hints(cls)
-    return [(f, hints[f.name]) for f in dataclasses.fields(cls)]  # type: ignore[arg-type]
-
-
-def strategy_for(tp: Any) -> st.SearchStrategy[Any]:
-    """Values of the wire vocabulary type ``tp``."""
-    if tp is bool:
-        return st.booleans()
-    if tp is int:
-        return WIRE_INT
-    if tp is float:
-        return FLOATS
-    if tp is str:
-        return st.text(max_size=40)
-    if tp is bytes:
-        return st.binary(max_size=40)
-    if tp == Buffer:
-        return st.binary(max_size=40) | st.binary(max_size=40).map(bytearray) | st.binary(max_size=40).map(memoryview)
-    if tp is Any:
-        return PLAIN
-    if isinstance(tp, type) and issubclass(tp, Record):
-        return st.builds(tp, **{f.name: strategy_for(t) for f, t in field_types(tp)})
-    if _is_optional(tp):
-        return st.none() | strategy_for(_optional_inner(tp))
-    origin, args = typing.get_origin(tp), typing.get_args(tp)
-    if origin is list and len(args) == 1:
-        return st.lists(strategy_for(args[0]), max_size=4)
-    if origin is dict and len(args) == 2 and args[0] is str:
-        return st.dictionaries(st.text(max_size=8), strategy_for(args[1]), max_size=4)
-    raise TypeError(f"strategy_for has no strategy for field type {tp!r}; extend it with the wire vocabulary")
 
 
 def wrong_values(tp: Any) -> list[Any]:
@@ -128,8 +62,8 @@ def wrong_values(tp: Any) -> list[Any]:
         return [aware, [aware], {"k": aware}]
     if isinstance(tp, type) and issubclass(tp, Record):
         return ["record", 1, None, {"a": 1}]
-    if _is_optional(tp):
-        return [v for v in wrong_values(_optional_inner(tp)) if v is not None]
+    if is_optional(tp):
+        return [v for v in wrong_values(optional_inner(tp)) if v is not None]
     origin, args = typing.get_origin(tp), typing.get_args(tp)
     if origin is list:
         return ["list", {"a": 1}, None] + [[v] for v in wrong_values(args[0])[:2]]
@@ -152,7 +86,7 @@ def minimal_wire(tp: Any) -> Any:
     simple = {bool: False, int: 0, float: 0.0, str: "", bytes: b""}
     if tp in simple:
         return simple[tp]
-    if tp is Any or _is_optional(tp):
+    if tp is Any or is_optional(tp):
         return None
     if isinstance(tp, type) and issubclass(tp, Record):
         return [minimal_wire(t) for _, t in field_types(tp)]
@@ -507,7 +441,7 @@ def _float_field_cases() -> list[Any]:
     cases = []
     for cls in MESSAGE_TYPES:
         for index, (f, tp) in enumerate(field_types(cls)):
-            if tp is float or (_is_optional(tp) and _optional_inner(tp) is float):
+            if tp is float or (is_optional(tp) and optional_inner(tp) is float):
                 cases.append(pytest.param(cls, index, id=f"{cls.__name__}.{f.name}"))
     return cases or [pytest.param(None, 0, marks=pytest.mark.skip(reason="no registered float field"))]
 
@@ -620,16 +554,10 @@ def test_arbitrary_bytes_raise_only_protocol_errors(raw: bytes) -> None:
     _decode_only_protocol_errors(raw)
 
 
-def _slow_enabled(config: pytest.Config) -> bool:
-    markexpr = str(config.getoption("markexpr") or "")
-    return bool(os.environ.get("P2PRT_SLOW")) or ("slow" in markexpr and "not slow" not in markexpr)
-
-
 @pytest.mark.slow
-def test_arbitrary_bytes_raise_only_protocol_errors_long(pytestconfig: pytest.Config) -> None:
-    """The same property at 100,000 examples: set P2PRT_SLOW=1 or run with ``-m slow``."""
-    if not _slow_enabled(pytestconfig):
-        pytest.skip("long fuzz run: set P2PRT_SLOW=1 or select with -m slow")
+def test_arbitrary_bytes_raise_only_protocol_errors_long() -> None:
+    """The same property at 100,000 examples: set P2PRT_SLOW=1 or run with ``-m slow``
+    (tests/conftest.py skips it otherwise)."""
 
     @settings(max_examples=100_000, deadline=None)
     @given(raw=st.binary(max_size=400))
