@@ -69,6 +69,12 @@ class MessageChannel:
     def peer(self) -> PeerInfo:
         return self.stream.peer
 
+    def accept_attachments(self, max_bytes: int) -> None:
+        """How many attachment bytes one incoming message may carry from now on (0: none;
+        a frame that announces any is then a protocol error). E.g. a worker accepts large
+        payloads only on connections that attached a lease."""
+        self._decoder.max_attachment_bytes = max_bytes
+
     async def send(self, msg: Message) -> None:
         """Send one message. Concurrent senders are serialised."""
         await self.send_many((msg,))

@@ -397,6 +397,8 @@ class WorkerServer:
             MessageChannel(stream, max_attachment_bytes=DEFAULT_MAX_ATTACHMENT_BYTES, allocate=shared_memory),
             path=path,
         )
+        # Large payloads (memory!) only from a peer that attached a lease ticket.
+        conn.channel.accept_attachments(0)
         peer = bytes(stream.peer.peer_id)
         old = self._clients.get(peer)
         self._clients[peer] = conn
@@ -444,6 +446,7 @@ class WorkerServer:
                 conn.enqueue(ErrorReply("LeaseRefused", problem, msg.rid))
             else:
                 conn.leases[msg.ticket.lease_id] = msg.ticket
+                conn.channel.accept_attachments(DEFAULT_MAX_ATTACHMENT_BYTES)
                 self._admitted.add(bytes(stream.peer.peer_id))
                 conn.enqueue(pm.Attached(msg.rid, msg.ticket.lease_id, self.identity.user, self.host, self.python))
         elif isinstance(msg, pm.Detach):

@@ -10,6 +10,7 @@ from __future__ import annotations
 import pytest
 import trio
 
+from p2prt.errors import P2prtError
 from p2prt.identity import NodeIdentity, generate_ed25519
 from p2prt.wire import board as bm
 from p2prt.wire import peer as pm
@@ -82,4 +83,27 @@ async def test_traffic_counters_only_for_the_workers_clients(site: Site) -> None
         stats = await line.stats()
         assert isinstance(stats, pm.Stats)
         assert str(carol.peer_id) in stats.report["peers"]
+        await line.aclose()
+
+
+async def test_no_large_payload_before_a_lease_is_attached(site: Site) -> None:
+    """Attachments (the way large arguments travel) are refused from a peer that has not
+    attached a lease: an authenticated stranger cannot make the worker hold memory."""
+    await site.start_worker()
+    carol = site.identity("carol")
+    async with site.connect(carol) as board:
+        grant = await lease(board)
+        stranger = await WorkerLine.open(site.identity("dave"), grant)
+        big = pm.TaskSpec(1, grant.ticket.lease_id, b"f" * 16, b"x", [b"\0" * (2 << 20)], "big")
+        with pytest.raises(P2prtError):  # the worker drops the connection at the frame's header
+            await stranger.channel.send(pm.SubmitTasks([big]))
+            await stranger.receive()
+        # The lease's holder, once attached, may send large payloads: the same message
+        # is answered (its function was never defined), the connection lives on.
+        line = await WorkerLine.open(carol, grant)
+        assert isinstance(await line.attach(grant.ticket), pm.Attached)
+        await line.channel.send(pm.SubmitTasks([big]))
+        answer = await line.receive()
+        assert isinstance(answer, (pm.TaskResults, ErrorReply)), answer
+        await line.works(grant.ticket.lease_id)
         await line.aclose()
