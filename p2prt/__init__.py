@@ -24,6 +24,7 @@ if TYPE_CHECKING:
     from ._api import ClusterInfo, cancel, get, init, is_initialized, put, shutdown, stats, wait
     from ._remote import RemoteFunction, remote
     from .client.objects import ObjectRef
+    from .executor import Executor
 
 __version__ = "0.1.0"
 
@@ -34,6 +35,7 @@ _LAZY = {
     ),
     **dict.fromkeys(("RemoteFunction", "remote"), "p2prt._remote"),
     "ObjectRef": "p2prt.client.objects",
+    "Executor": "p2prt.executor",
 }
 
 if not TYPE_CHECKING:  # hidden from type checkers: a module __getattr__ would make any name valid
@@ -65,6 +67,7 @@ __all__ = [
     "cancel",
     "stats",
     "ObjectRef",
+    "Executor",
     "RemoteFunction",
     "ClusterInfo",
     "P2prtError",

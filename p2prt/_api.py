@@ -27,7 +27,7 @@ took 16 ms instead of 0.4 ms; 0.5 ms brought it to ~2 ms)."""
 class _Runtime(Protocol):
     def submit(self, fn: Any, args: tuple[Any, ...], kwargs: dict[str, Any], options: Any) -> Any: ...
     def put(self, value: Any) -> Any: ...
-    def get(self, refs: Any, timeout: float | None = None) -> list[Any]: ...
+    def get(self, refs: Any, timeout: float | None = None, progress: bool | str = False) -> list[Any]: ...
     def wait(self, refs: list[Any], num_returns: int, timeout: float | None) -> tuple[list[Any], list[Any]]: ...
     def cancel(self, ref: Any, *, force: bool = False) -> None: ...
     async def get_async(self, ref: Any) -> Any: ...
@@ -222,15 +222,16 @@ def _as_refs(refs: Any, what: str) -> tuple[list[Any], bool]:
     raise TypeError(f"p2prt.{what}() takes an ObjectRef or a list of them, got {type(refs).__name__}")
 
 
-def get(refs: Any, *, timeout: float | None = None) -> Any:
+def get(refs: Any, *, timeout: float | None = None, progress: bool | str = False) -> Any:
     """The value of a ref, or the values of a list of refs (in order).
 
+    ``progress=True`` (or a label) shows a tqdm bar that advances as results arrive.
     Raises the task's error (an instance of both :class:`~p2prt.errors.TaskError` and
     the original exception type), or :class:`~p2prt.errors.GetTimeoutError`.
     """
     _check_not_in_trio("get")
     items, single = _as_refs(refs, "get")
-    values = current_runtime().get(items, timeout)
+    values = current_runtime().get(items, timeout, progress)
     return values[0] if single else values
 
 

@@ -43,20 +43,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     print(f"embedded cluster up in {started:.2f} s: board {info.board}, cluster {info.cluster}")
     t1 = time.perf_counter()
     refs = [sample.remote(i, args.samples) for i in range(args.tasks)]
-    inside = 0
-    done = 0
-    remaining = refs
-    show = not args.no_progress
-    while remaining:
-        ready, remaining = p2prt.wait(remaining, num_returns=min(len(remaining), max(1, len(refs) // 50)))
-        inside += sum(p2prt.get(ready))
-        done += len(ready)
-        if show:
-            width = 40
-            filled = width * done // len(refs)
-            print(f"\r[{'#' * filled}{'.' * (width - filled)}] {done}/{len(refs)} tasks", end="", flush=True)
-    if show:
-        print()
+    inside = sum(p2prt.get(refs, progress=False if args.no_progress else "tasks"))
     elapsed = time.perf_counter() - t1
     total = args.tasks * args.samples
     serial = _serial_estimate(args.samples) * args.tasks

@@ -274,9 +274,16 @@ class ClientRuntime(WorkerLinks, HeldValues):
         self.store.put_value(object_id, value, Stored(data, [b.raw() for b in bufs]))
         return ObjectRef(object_id)
 
-    def get(self, refs: Iterable[ObjectRef], timeout: float | None = None) -> list[Any]:
+    def get(self, refs: Iterable[ObjectRef], timeout: float | None = None, progress: bool | str = False) -> list[Any]:
         refs = list(refs)
         deadline = None if timeout is None else time.monotonic() + timeout
+        if progress:
+            from ..progress import track
+
+            try:
+                track({self.store.future(ref.id) for ref in refs}, progress, timeout)
+            except concurrent.futures.TimeoutError:
+                raise GetTimeoutError(f"get timed out after {timeout:g} s") from None
         for ref in refs:
             fut = self.store.future(ref.id)
             if not fut.done():
@@ -339,6 +346,27 @@ class ClientRuntime(WorkerLinks, HeldValues):
 
     def cancel(self, ref: ObjectRef, *, force: bool = False) -> None:
         self._call_soon(self._cancel, ref.id, force)
+
+    def cluster_cpus(self, timeout: float = 10.0) -> int:
+        """CPUs the cluster's live workers offer (the board's status); any thread."""
+
+        async def ask() -> int:
+            board = self._board
+            if board is None:
+                raise P2prtError("not connected to the board")
+            with trio.fail_after(timeout):
+                status = await board.call(lambda rid: bm.StatusRequest(rid, self.cluster))
+            return sum(int(w.get("slots", 0)) for w in status.get("workers", []) if w.get("cluster") == self.cluster)
+
+        if self._token is None:
+            raise RuntimeUsageError("the runtime is not running")
+        return int(trio.from_thread.run(ask, trio_token=self._token))
+
+    def dispatched(self, ref: ObjectRef) -> bool:
+        """Was the task sent to a worker (it may be running there)? Any thread; a
+        snapshot that may be out of date by the time it is read."""
+        task = self._tasks.get(ref.id)
+        return task is not None and task.lease_id is not None
 
     def _wake(self) -> None:
         if not self._wake_pending and self._token is not None:

@@ -41,7 +41,8 @@ class TaskRuntime:
     def put(self, value: Any) -> Any:
         raise RuntimeUsageError("p2prt.put inside a task is not supported yet; return the value instead")
 
-    def get(self, refs: Iterable[Any], timeout: float | None = None) -> list[Any]:
+    def get(self, refs: Iterable[Any], timeout: float | None = None, progress: bool | str = False) -> list[Any]:
+        # progress: ignored inside a task (its output goes to the script line by line)
         refs = list(refs)
         replies = self._request("get", ([r.id for r in refs], timeout))
         out = []

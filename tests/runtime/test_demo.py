@@ -18,6 +18,13 @@ def test_demo_estimates_pi() -> None:
     assert "pi ~ 3.1" in res.stdout and "from 40,000 points in 20 tasks" in res.stdout
     assert "tasks/s" in res.stdout
     assert "Traceback" not in res.stderr
+    assert "tasks:" not in res.stderr  # no bar
+
+
+def test_demo_shows_a_progress_bar() -> None:
+    res = p2prt_cli("demo", "--tasks", "20", "--samples", "2000", "--cpus", "2", timeout=110)
+    assert "pi ~ 3.1" in res.stdout
+    assert "tasks: 100%" in res.stderr and "20/20" in res.stderr  # tqdm's bar, on stderr
 
 
 def test_quickstart_example_runs(tmp_path: Path) -> None:
