@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
@@ -151,19 +152,35 @@ def cmd_status(args: argparse.Namespace) -> int:
 
 
 def print_status(status: dict[str, Any]) -> None:
+    """The board's status as tables (rich; plain text when not a terminal)."""
+    from rich.console import Console
+    from rich.table import Table
+
+    console = Console(highlight=False, soft_wrap=False, width=None if sys.stdout.isatty() else 160)
     workers = status["workers"]
-    print(f"Workers ({len(workers)}):")
-    if workers:
-        print(f"  {'cluster':<24} {'user':<12} {'host':<20} {'slots':>5} {'busy':>5}  {'reachability':<14} peer")
+    table = Table(title=f"Workers ({len(workers)})", title_justify="left", box=None, pad_edge=False)
+    for name, justify in (("cluster", "left"), ("user", "left"), ("host", "left"), ("address", "left"),
+                          ("slots", "right"), ("busy", "right"), ("reachability", "left"), ("peer", "left")):
+        table.add_column(name, justify=justify)  # type: ignore[arg-type]
     for w in workers:
-        reach = w.get("reachability", "")
-        print(
-            f"  {w['cluster']:<24} {w['user']:<12} {w['host']:<20} {w['slots']:>5} {w['busy']:>5}  "
-            f"{reach:<14} {w['peer_id'][:12]}"
-        )
-    print(f"Leases per user ({sum(u['leases'] for u in status['leases'])}):")
-    for u in status["leases"]:
-        print(f"  {u['cluster']:<24} {u['user']:<12} {u['leases']:>5} lease(s) {u['cpus']:>5} cpu(s)")
-    print(f"Waiting lease requests ({len(status['waiting'])}):")
-    for r in status["waiting"]:
-        print(f"  {r['cluster']:<24} {r['user']:<12} {r['count']:>5} x {r['num_cpus']} cpu  client {r['client'][:12]}")
+        busy = int(w["busy"])
+        load = f"[bold]{busy}[/bold]" if busy and busy >= int(w["slots"]) else str(busy)
+        table.add_row(w["cluster"], w["user"], w["host"], w.get("address") or "", str(w["slots"]), load,
+                      w.get("reachability", ""), w["peer_id"][:12])
+    console.print(table)
+    leases = status["leases"]
+    table = Table(title=f"Leases per user ({sum(u['leases'] for u in leases)})", title_justify="left", box=None,
+                  pad_edge=False)
+    for name, justify in (("cluster", "left"), ("user", "left"), ("leases", "right"), ("cpus", "right")):
+        table.add_column(name, justify=justify)  # type: ignore[arg-type]
+    for u in leases:
+        table.add_row(u["cluster"], u["user"], str(u["leases"]), str(u["cpus"]))
+    console.print(table)
+    waiting = status["waiting"]
+    table = Table(title=f"Waiting lease requests ({len(waiting)})", title_justify="left", box=None, pad_edge=False)
+    for name, justify in (("cluster", "left"), ("user", "left"), ("count", "right"), ("cpus each", "right"),
+                          ("client", "left")):
+        table.add_column(name, justify=justify)  # type: ignore[arg-type]
+    for r in waiting:
+        table.add_row(r["cluster"], r["user"], str(r["count"]), str(r["num_cpus"]), r["client"][:12])
+    console.print(table)
