@@ -71,12 +71,22 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     a.add_argument("--data", required=True, type=Path, dest="data")
     a.set_defaults(handler=cmd_add_user)
 
-    r = ops.add_parser("remove-user", help="remove a user: their keys, memberships, clusters; live sessions end")
+    r = ops.add_parser(
+        "remove-user",
+        help="remove a user: their keys, memberships, clusters; live sessions end",
+        epilog="Examples:\n  p2prt board remove-user dave --data ~/p2prt-board",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     r.add_argument("name")
     r.add_argument("--data", required=True, type=Path, dest="data")
     r.set_defaults(handler=cmd_remove_user)
 
-    ls = ops.add_parser("list-users", help="list users and their key fingerprints")
+    ls = ops.add_parser(
+        "list-users",
+        help="list users and their key fingerprints",
+        epilog="Examples:\n  p2prt board list-users --data ~/p2prt-board",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     ls.add_argument("--data", required=True, type=Path, dest="data")
     ls.set_defaults(handler=cmd_list_users)
 

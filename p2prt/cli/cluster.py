@@ -28,7 +28,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p = sub.add_parser(
         "register",
         help="create your account on an open board",
-        epilog="Example:\n  p2prt register alice --board board.example.org:7790",
+        epilog="Examples:\n  p2prt register alice --board board.example.org:7790",
         formatter_class=fmt,
     )
     p.add_argument("name")
@@ -44,24 +44,49 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         formatter_class=fmt,
     )
     cs = c.add_subparsers(dest="cluster_command", metavar="ACTION", required=True)
-    x = cs.add_parser("create", help="create OWNER/NAME owned by you")
+    x = cs.add_parser(
+        "create",
+        help="create OWNER/NAME owned by you",
+        epilog="Examples:\n  p2prt cluster create friends        # makes alice/friends when you are alice",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     x.add_argument("name")
     _common(x)
     x.set_defaults(handler=cmd_cluster, action="create")
     for action, helptext in (("add", "add members (owner only)"), ("remove", "remove members (owner only)")):
-        x = cs.add_parser(action, help=helptext)
+        x = cs.add_parser(
+            action,
+            help=helptext,
+            epilog=f"Examples:\n  p2prt cluster {action} alice/friends bob carol",
+            formatter_class=argparse.RawDescriptionHelpFormatter,
+        )
         x.add_argument("cluster", metavar="OWNER/NAME")
         x.add_argument("users", nargs="+", metavar="USER")
         _common(x)
         x.set_defaults(handler=cmd_cluster, action=action)
-    x = cs.add_parser("delete", help="delete a cluster you own")
+    x = cs.add_parser(
+        "delete",
+        help="delete a cluster you own",
+        epilog="Examples:\n  p2prt cluster delete alice/friends",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     x.add_argument("cluster", metavar="OWNER/NAME")
     _common(x)
     x.set_defaults(handler=cmd_cluster, action="delete")
-    x = cs.add_parser("list", help="clusters you own or belong to")
+    x = cs.add_parser(
+        "list",
+        help="clusters you own or belong to",
+        epilog="Examples:\n  p2prt cluster list",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     _common(x)
     x.set_defaults(handler=cmd_cluster, action="list")
-    x = cs.add_parser("members", help="members of a cluster")
+    x = cs.add_parser(
+        "members",
+        help="members of a cluster",
+        epilog="Examples:\n  p2prt cluster members alice/friends",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     x.add_argument("cluster", metavar="OWNER/NAME")
     _common(x)
     x.set_defaults(handler=cmd_cluster, action="members")

@@ -33,7 +33,24 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for module in _COMMANDS:
         module.register(sub)
+    for command in _subcommands(parser):
+        # -v/-q also after the command (p2prt worker -v ...); given there, they win.
+        group = command.add_argument_group("output")
+        group.add_argument("-v", "--verbose", action="count", default=argparse.SUPPRESS,
+                           help="more output (-vv for debug)")
+        group.add_argument("-q", "--quiet", action="store_true", default=argparse.SUPPRESS, help="only errors")
     return parser
+
+
+def _subcommands(parser: argparse.ArgumentParser) -> list[argparse.ArgumentParser]:
+    """Every sub-command's parser, at any depth (``cluster create`` too)."""
+    found: list[argparse.ArgumentParser] = []
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for child in dict.fromkeys(action.choices.values()):
+                found.append(child)
+                found.extend(_subcommands(child))
+    return found
 
 
 def _setup_logging(verbose: int, quiet: bool) -> None:
