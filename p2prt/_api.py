@@ -86,6 +86,10 @@ def init(
                 return _info
             raise RuntimeUsageError("p2prt.init() was already called; call p2prt.shutdown() first")
         if cluster is None:
+            from .config import setting
+
+            cluster = setting("cluster")  # $P2PRT_CLUSTER or config.toml; else the embedded cluster
+        if cluster is None:
             from .client.embedded import EMBEDDED_USER, EmbeddedCluster
 
             # The worker process starts first: its start-up overlaps the runtime's imports.
@@ -131,11 +135,13 @@ def init(
 
 def _hold_over(threshold: int | None) -> int:
     if threshold is None:
-        text = os.environ.get("P2PRT_LARGE_OBJECT_THRESHOLD", "")
+        from .config import resolve
+
+        text, source = resolve("large_object_threshold")
         try:
-            threshold = int(text) if text else 1 << 20
+            threshold = int(text or 1 << 20)
         except ValueError:
-            raise ConfigError(f"P2PRT_LARGE_OBJECT_THRESHOLD must be a number of bytes, not {text!r}") from None
+            raise ConfigError(f"large_object_threshold ({source}) must be a number of bytes, not {text!r}") from None
     if threshold < 0:
         raise ConfigError("large_object_threshold must be >= 0 (0: never hold values on workers)")
     return threshold

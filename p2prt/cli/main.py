@@ -14,9 +14,9 @@ from collections.abc import Sequence
 
 from .. import __version__
 from ..errors import P2prtError
-from . import board, cluster, demo, keys, worker
+from . import board, cluster, config_cmd, demo, keys, worker
 
-_COMMANDS = (keys, board, cluster, worker, demo)
+_COMMANDS = (keys, board, cluster, worker, demo, config_cmd)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -20,12 +20,12 @@ from __future__ import annotations
 
 import collections
 import logging
-import os
 from collections.abc import Awaitable, Callable, Sequence
 
 import trio
 
 from ..board.client import BoardClient, parse_board_address
+from ..config import resolve, setting
 from ..errors import P2prtError
 from ..identity.certificate import NodeIdentity, PeerId
 from ..transport import NoiseStream, local_address, open_secure_stream
@@ -52,9 +52,10 @@ UPGRADE_BACKOFF = 8
 
 
 def nat_paths() -> tuple[str, ...]:
-    """Ways to reach a worker (``$P2PRT_NAT_PATHS``, e.g. ``direct,relay``)."""
-    text = os.environ.get("P2PRT_NAT_PATHS", "")
-    return tuple(p.strip() for p in text.split(",") if p.strip()) if text else NAT_PATHS
+    """Ways to reach a worker (``$P2PRT_NAT_PATHS`` or ``nat_paths`` in config.toml, e.g.
+    ``direct,relay``)."""
+    text = setting("nat_paths") or ""
+    return tuple(p.strip() for p in text.split(",") if p.strip()) or NAT_PATHS
 
 
 def upgrade_paths() -> tuple[str, ...]:
@@ -63,12 +64,13 @@ def upgrade_paths() -> tuple[str, ...]:
 
 
 def upgrade_interval() -> float:
-    """``$P2PRT_UPGRADE_INTERVAL`` seconds (else :data:`UPGRADE_INTERVAL`)."""
-    text = os.environ.get("P2PRT_UPGRADE_INTERVAL", "").strip()
+    """``$P2PRT_UPGRADE_INTERVAL`` or ``upgrade_interval`` in config.toml, in seconds
+    (else :data:`UPGRADE_INTERVAL`)."""
+    text, source = resolve("upgrade_interval")
     try:
-        return max(0.05, float(text)) if text else UPGRADE_INTERVAL
+        return max(0.05, float(text or UPGRADE_INTERVAL))
     except ValueError:
-        log.warning("ignoring P2PRT_UPGRADE_INTERVAL=%r (not a number of seconds)", text)
+        log.warning("ignoring upgrade_interval=%r (%s): not a number of seconds", text, source)
         return UPGRADE_INTERVAL
 
 

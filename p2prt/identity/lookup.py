@@ -15,11 +15,14 @@ __all__ = ["default_key_candidates", "find_key_path", "load_user_key", "keygen",
 
 
 def default_key_candidates(explicit: str | os.PathLike[str] | None = None) -> list[Path]:
-    """The places searched, in order: ``explicit``, config ``key``, ``~/.ssh/id_ed25519``,
-    ``~/.config/p2prt/id_ed25519``."""
+    """The places searched, in order: ``explicit`` (``--key``), ``$P2PRT_KEY``, config
+    ``key``, ``~/.ssh/id_ed25519``, ``~/.config/p2prt/id_ed25519``."""
     out: list[Path] = []
     if explicit is not None:
         out.append(Path(explicit).expanduser())
+    env = os.environ.get("P2PRT_KEY", "").strip()
+    if env:
+        out.append(Path(env).expanduser())
     cfg = load_user_config()
     if cfg.key is not None:
         out.append(cfg.key)
@@ -34,7 +37,9 @@ def find_key_path(explicit: str | os.PathLike[str] | None = None) -> Path:
     Raises :class:`KeyNotFoundError` listing every place searched and how to make a key.
     """
     candidates = default_key_candidates(explicit)
-    n_required = (explicit is not None) + (load_user_config().key is not None)
+    n_required = (
+        (explicit is not None) + bool(os.environ.get("P2PRT_KEY", "").strip()) + (load_user_config().key is not None)
+    )
     for i, p in enumerate(candidates):
         if p.is_file():
             return p

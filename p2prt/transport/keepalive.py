@@ -22,7 +22,6 @@ read when a connection is set up; ``0`` turns detection off.
 from __future__ import annotations
 
 import logging
-import os
 import socket
 from typing import Any
 
@@ -35,16 +34,20 @@ KEEPALIVE_TIMEOUT = 15.0
 
 
 def keepalive_timeout() -> float:
-    """The configured timeout (``$P2PRT_KEEPALIVE_TIMEOUT``, else the default)."""
-    text = os.environ.get("P2PRT_KEEPALIVE_TIMEOUT", "").strip()
-    if not text:
+    """The configured timeout (``$P2PRT_KEEPALIVE_TIMEOUT``, else ``keepalive_timeout`` in
+    config.toml, else the default)."""
+    from ..config import resolve
+
+    try:
+        text, source = resolve("keepalive_timeout")
+    except Exception as exc:  # a broken config.toml: reported where it is read for a command
+        log.warning("keepalive timeout: %s; using %g s", exc, KEEPALIVE_TIMEOUT)
         return KEEPALIVE_TIMEOUT
     try:
-        value = float(text)
+        return max(0.0, float(text or KEEPALIVE_TIMEOUT))
     except ValueError:
-        log.warning("ignoring P2PRT_KEEPALIVE_TIMEOUT=%r (not a number of seconds)", text)
+        log.warning("ignoring keepalive_timeout=%r (%s): not a number of seconds", text, source)
         return KEEPALIVE_TIMEOUT
-    return max(0.0, value)
 
 
 def enable_keepalive(sock: Any, timeout: float | None = None) -> bool:
