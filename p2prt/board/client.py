@@ -89,6 +89,9 @@ class BoardClient:
         self._push_send = send
         self.busy = 0
         self.paths: dict[str, int] | None = None  # a worker's client connections by path
+        self.done = 0  # a worker's tasks finished, and failed, since it started
+        self.failed = 0
+        self.failures: list[list[Any]] = []  # failures not yet reported
 
     @property
     def user(self) -> str | None:
@@ -139,7 +142,8 @@ class BoardClient:
 
     async def heartbeat(self) -> None:
         """Send a heartbeat now (e.g. when what it reports changed)."""
-        await self.channel.send(Heartbeat(self.busy, self.paths))
+        failures, self.failures = self.failures, []
+        await self.channel.send(Heartbeat(self.busy, self.paths, self.done, self.failed, failures or None))
 
 
 @asynccontextmanager

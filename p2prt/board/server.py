@@ -49,6 +49,7 @@ from ..wire.handshake import PeerInfo
 from ..wire.messages import Message
 from .client import BOARD_MAX_FRAME
 from .config import BoardConfig
+from .metrics import BoardMetrics
 from .relay import RelayHub
 from .scheduler import Grant, Reclaim, Revoke, Scheduler, UnknownWorkerError, Unsatisfiable
 from .status import status_to_wire
@@ -112,6 +113,7 @@ class BoardServer:
         self.relay_address: m.Address | None = None
         self.relays = RelayHub(max_relays=config.max_relays, rate=config.relay_rate)
         self.punches = 0
+        self.metrics = BoardMetrics()
         self._nursery: trio.Nursery | None = None
         self._data_version = self.store.data_version()
 
@@ -314,6 +316,9 @@ class BoardServer:
         now = self.clock()
         if msg.paths is not None:
             s.paths = dict(msg.paths)
+        if s.registration is not None and s.worker_cluster is not None:
+            who = f"{s.user}@{s.registration.host}"
+            self.metrics.observe(s.peer_id, who, s.worker_cluster, msg.done, msg.failed, msg.failures)
         self.scheduler.heartbeat_client(s.peer_id, now)
         if s.registration is not None:
             try:
@@ -487,6 +492,24 @@ class BoardServer:
             return "public"
         ways = [p for p in ("punched", "relayed") if s.paths.get(p)]
         return "+".join(ways) if ways else "behind NAT"
+
+    def dashboard_snapshot(self) -> dict[str, Any]:
+        """Everything the operator's dashboard shows: all clusters' workers (with
+        reachability, address and load), leases per user, waiting requests, tasks per
+        second over the last hour and recent failures."""
+        raw = self.scheduler.status()
+        everything = {w.cluster for w in raw.workers} | {u.cluster for u in raw.leases} | {r.cluster for r in raw.waiting}
+        status = status_to_wire(raw, everything)
+        for w in status["workers"]:
+            session = self.sessions.get(w["peer_id"])
+            w["reachability"] = self._reachability(session)
+            observed = session.observed if session is not None else None
+            w["address"] = f"{observed.host}:{observed.port}" if observed is not None else None
+        status["rates"] = self.metrics.rates()
+        status["failures"] = self.metrics.recent_failures()
+        status["board"] = {"fingerprint": self.fingerprint, "sessions": len(self.sessions), "relays": self.relays.active,
+                           "punches": self.punches, "time": self.clock()}
+        return status
 
     def _on_status(self, s: Session, msg: m.StatusRequest) -> Any:
         assert s.user is not None

@@ -20,6 +20,7 @@ REGISTRATION_POLICIES = ("closed", "open")
 
 _EXAMPLES = """Examples:
   p2prt board --data ~/p2prt-board --host 0.0.0.0 --port 7790
+  p2prt board --data ~/p2prt-board --dashboard 8080     # then open http://127.0.0.1:8080/
   p2prt board add-user alice --key ~/alice.pub --data ~/p2prt-board
   p2prt board add-user bob --key 'ssh-ed25519 AAAA... bob@laptop' --data ~/p2prt-board
   p2prt board list-users --data ~/p2prt-board
@@ -52,6 +53,10 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         help="address for the board's DHT node (UDP; default: --host, none if that is 0.0.0.0)",
     )
     p.add_argument("--no-dht", action="store_true", help="run no DHT node (peers find each other through the board)")
+    p.add_argument("--dashboard", type=int, metavar="PORT",
+                   help="serve a read-only web dashboard on this port (0: any free port)")
+    p.add_argument("--dashboard-host", default="127.0.0.1", metavar="HOST",
+                   help="address of the dashboard (default 127.0.0.1: it shows every cluster on the board)")
     p.set_defaults(handler=cmd_serve)
     ops = p.add_subparsers(dest="board_command", metavar="OPERATOR-COMMAND")
 
@@ -175,6 +180,11 @@ def cmd_serve(args: argparse.Namespace) -> int:
             print(f"board key fingerprint {server.fingerprint}", flush=True)
             if server.dht_address is not None:
                 print(f"DHT bootstrap node on udp {server.dht_address.host}:{server.dht_address.port}", flush=True)
+            if args.dashboard is not None:
+                from ..board.dashboard import serve_dashboard
+
+                url = await nursery.start(serve_dashboard, server.dashboard_snapshot, args.dashboard_host, args.dashboard)
+                print(f"dashboard on {url}", flush=True)
             print(f"registration {config.registration}; data in {config.data_dir}", flush=True)
             with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
                 async for _ in signals:

@@ -87,10 +87,14 @@ class Register(Message):
 class Heartbeat(Message):
     """Keeps the session, its worker registration and its leases alive. A worker also
     says how many client connections it has by path (``direct``, ``punched``,
-    ``relayed``), for ``p2prt status``."""
+    ``relayed``), for ``p2prt status``, and counts of tasks finished and failed with its
+    recent failures (task name, kind, its own message), for the dashboard."""
 
     busy: int = 0
     paths: dict[str, int] | None = None
+    done: int = 0  # a worker's tasks finished since it started (for the dashboard)
+    failed: int = 0  # ... and failed (error, crashed, timeout)
+    failures: list[Any] | None = None  # failures since the last heartbeat: [time, task name, kind, message]
 
 
 @message("board.cluster_create")

@@ -147,6 +147,9 @@ class WorkerServer:
         # counters (also on a later connection that only fetches their held values).
         self._admitted: set[bytes] = set()
         self._revoked_tasks: dict[int, str] = {}
+        self._task_names: dict[int, str] = {}  # pool id -> task name, for the board's dashboard
+        self.done = 0  # tasks finished since start
+        self.failed = 0  # tasks failed (error, crashed, timeout) since start
         self._ids = itertools.count(1)
         self._owner: dict[int, _ClientConn] = {}
         self.held = HeldObjects()
@@ -232,6 +235,7 @@ class WorkerServer:
                 rid, self.config.cluster, self.config.slots, resources, self.python, self.host, self._announce(client)
             )
         )
+        client.done, client.failed = self.done, self.failed
         self._report_paths()  # a new session knows nothing of our client connections yet
         if self.dht is not None:
             # Connected again (a board restart, or a new NAT mapping): say where we are now.
@@ -495,6 +499,7 @@ class WorkerServer:
                 continue
             pool_id = next(self._ids)
             conn.tasks[pool_id] = (spec.task_id, spec.lease_id)
+            self._task_names[pool_id] = spec.name
             self._owner[pool_id] = conn
             if spec.hold_over > 0 and spec.object_id:
                 conn.holds[pool_id] = (spec.object_id, spec.hold_over)
@@ -529,6 +534,8 @@ class WorkerServer:
     def _on_results(self, results: list[ExecResult]) -> None:
         per_conn: dict[_ClientConn, list[pm.TaskResult]] = {}
         for r in results:
+            name = self._task_names.pop(r.task_id, "")
+            self._count(r, name)
             conn = self._owner.pop(r.task_id, None)
             if conn is None:
                 continue
@@ -555,6 +562,19 @@ class WorkerServer:
             conn.enqueue(pm.TaskResults(items))
         if self._board is not None:
             self._board.busy = len(self._owner)
+
+    def _count(self, r: ExecResult, name: str) -> None:
+        """Counts (and recent failures) for the board's dashboard: metadata only."""
+        if r.status == "ok":
+            self.done += 1
+        elif r.status in ("error", "crashed", "timeout"):
+            self.failed += 1
+            board = self._board
+            if board is not None and len(board.failures) < 20:
+                message = r.message if r.status != "error" else "the task raised an exception"
+                board.failures.append([time.time(), name or "?", r.status, message[:200]])
+        if self._board is not None:
+            self._board.done, self._board.failed = self.done, self.failed
 
     def _report_paths(self) -> None:
         """Tell the board how scripts reach us now (shown by ``p2prt status``)."""
