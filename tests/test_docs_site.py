@@ -23,7 +23,8 @@ def test_mkdocs_build_is_strict_and_clean(tmp_path: Path) -> None:
                          cwd=ROOT, capture_output=True, text=True, timeout=110, env=env)
     assert res.returncode == 0, res.stdout + res.stderr
     site = tmp_path / "site"
-    for page in ("index.html", "comparison/index.html", "reference/index.html", "configuration/index.html"):
+    for page in ("index.html", "comparison/index.html", "reference/index.html", "configuration/index.html",
+                 "walkthrough-shared/index.html", "dashboard/index.html"):
         assert (site / page).is_file(), page
     reference = (site / "reference" / "index.html").read_text()
     assert "concurrent.futures.Executor" in reference and "large_object_threshold" in reference
