@@ -44,21 +44,6 @@ WHERE = f"local@{HOST}"
 """How the embedded worker names itself in errors and output: its user and host."""
 
 
-@pytest.fixture(scope="module")
-def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[p2prt.ClusterInfo]:
-    """The module's embedded cluster with two slots, started with a fake HOME."""
-    home = tmp_path_factory.mktemp("home")
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("HOME", str(home))
-        for name in ("XDG_CONFIG_HOME", "P2PRT_KEY_PASSPHRASE", "P2PRT_USER", "P2PRT_BOARD", "SSH_AUTH_SOCK"):
-            mp.delenv(name, raising=False)
-        info = p2prt.init(num_cpus=2)
-    try:
-        yield info
-    finally:
-        p2prt.shutdown()
-
-
 @pytest.fixture
 def gate(tmp_path: Path) -> Iterator[Path]:
     """A file that gated tasks wait for; opened (created) at the latest at teardown, so
@@ -754,6 +739,10 @@ def test_cancel_a_queued_task(cluster: p2prt.ClusterInfo, gate: Path, tmp_path: 
     blockers = _start_blockers(gate, tmp_path)
     queued = touch.remote(str(tmp_path / "ran"))
     p2prt.cancel(queued)
+    # Cancelling is asynchronous: once its outcome is in, opening the gate cannot let the
+    # task run (before, a cancel that reached the worker after the gate raced the task).
+    ready, _ = p2prt.wait([queued], timeout=10)
+    assert ready == [queued]
     gate.touch()
     with pytest.raises(TaskCancelledError):
         p2prt.get(queued, timeout=30)

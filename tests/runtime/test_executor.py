@@ -12,7 +12,6 @@ import io
 import os
 import threading
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -23,20 +22,6 @@ from p2prt.errors import GetTimeoutError, TaskError
 from .procs import run_python
 
 pytestmark = pytest.mark.timeout(90)
-
-
-@pytest.fixture(scope="module")
-def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[p2prt.ClusterInfo]:
-    home = tmp_path_factory.mktemp("home")
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("HOME", str(home))
-        for name in ("XDG_CONFIG_HOME", "P2PRT_KEY_PASSPHRASE", "P2PRT_USER", "P2PRT_BOARD", "SSH_AUTH_SOCK"):
-            mp.delenv(name, raising=False)
-        info = p2prt.init(num_cpus=2)
-    try:
-        yield info
-    finally:
-        p2prt.shutdown()
 
 
 def square(x: int) -> int:
