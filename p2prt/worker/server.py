@@ -18,46 +18,40 @@ connection ends, its queued and running tasks are cancelled.
 from __future__ import annotations
 
 import collections
-import dataclasses
 import itertools
 import logging
 import os
 import socket
 import time
-from collections.abc import Awaitable, Callable, Mapping
-from dataclasses import dataclass, field
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 import trio
 
-from ..board.client import BoardClient, parse_board_address
+from ..board.client import BoardClient
 from ..board.link import BoardLink
 from ..errors import P2prtError
-from ..identity.certificate import NodeIdentity, PeerId
+from ..identity.certificate import NodeIdentity
 from ..identity.keys import SshPublicKey
 from ..identity.known_boards import KnownBoards
 from ..transport import (
     DEFAULT_MAX_ATTACHMENT_BYTES,
     MessageChannel,
     NoiseStream,
-    Outbox,
-    local_address,
     serve_secure,
 )
 from ..transport._errors import unwrap_single_group
-from ..transport.noise_stream import noise_accept
-from ..transport.punch import punch
-from ..transport.relay import open_relay
-from ..transport.replies import Replies
-from ..transport.tcp import HANDSHAKE_TIMEOUT
 from ..wire import board as bm
 from ..wire import peer as pm
 from ..wire.control import ErrorReply
-from ..wire.handshake import PeerInfo, local_versions
+from ..wire.handshake import local_versions
 from ..wire.messages import Message
 from ._attach import allocate as shared_memory
-from ._objects import HeldObjects, PeerTraffic, fetch_from, payload_size
+from ._conn import ClientConn, WorkerConfig
+from ._objects import HeldObjects, PeerTraffic, payload_size
+from .held_serving import HeldServing
 from .pool import ExecResult, ExecTask, ExecutorPool
+from .reach import Reach
 
 if TYPE_CHECKING:
     from ..dht import DhtNode
@@ -70,57 +64,13 @@ MAX_FUNCTION_BYTES = 256 * 1024 * 1024
 
 log = logging.getLogger(__name__)
 
-DHT_LOOKUP_TIMEOUT = 2.0
-"""Seconds a DHT lookup may take before the addresses we already know are used."""
 
 
 REVOKED_MEMORY = 3600.0
 """Seconds a revoked lease id is remembered: longer than any lease ticket lives."""
 
 
-@dataclass(frozen=True)
-class WorkerConfig:
-    board_address: str
-    cluster: str
-    slots: int
-    resources: Mapping[str, float] = field(default_factory=dict)
-    listen_host: str = "0.0.0.0"
-    listen_port: int = 0
-    announce: tuple[str, ...] = ()
-    memory_limit: int | None = None
-    cpu_time_limit: int | None = None
-    sandbox: bool = False
-
-
-@dataclass(eq=False)
-class _ClientConn:
-    channel: MessageChannel
-    leases: dict[str, bm.LeaseTicket] = field(default_factory=dict)
-    fns: dict[bytes, bytes] = field(default_factory=dict)
-    fn_bytes: int = 0
-    # Leases of several CPUs run one task at a time; the rest wait here, per lease.
-    held: dict[str, collections.deque[ExecTask]] = field(default_factory=dict)
-    running: dict[str, int] = field(default_factory=dict)
-    tasks: dict[int, tuple[int, str]] = field(default_factory=dict)  # pool id -> (client id, lease)
-    holds: dict[int, tuple[bytes, int]] = field(default_factory=dict)  # pool id -> (object id, hold_over)
-    replies: Replies = field(default_factory=Replies)
-    path: str = "direct"  # or "relayed"
-    outbox: Outbox = field(init=False)
-
-    def __post_init__(self) -> None:
-        self.outbox = Outbox(self.channel)
-
-    def enqueue(self, msg: Message) -> None:
-        self.outbox.put(msg)
-
-    async def request(self, make: Callable[[int], Message]) -> Message:
-        rid = self.replies.register()
-        self.enqueue(make(rid))
-        reply: Message = await self.replies.wait(rid)
-        return reply
-
-
-class WorkerServer:
+class WorkerServer(Reach, HeldServing):
     def __init__(
         self,
         config: WorkerConfig,
@@ -141,7 +91,7 @@ class WorkerServer:
         self._pin = pin
         self._on_ready = on_ready
         self._on_published = on_published
-        self._clients: dict[bytes, _ClientConn] = {}
+        self._clients: dict[bytes, ClientConn] = {}
         self._revoked: dict[str, float] = {}  # lease id -> when (monotonic); pruned
         # Peers that attached a valid ticket here at some time: they may read the traffic
         # counters (also on a later connection that only fetches their held values).
@@ -151,7 +101,7 @@ class WorkerServer:
         self.done = 0  # tasks finished since start
         self.failed = 0  # tasks failed (error, crashed, timeout) since start
         self._ids = itertools.count(1)
-        self._owner: dict[int, _ClientConn] = {}
+        self._owner: dict[int, ClientConn] = {}
         self.held = HeldObjects()
         self.dht: DhtNode | None = None
         self._dht_scope: trio.CancelScope | None = None
@@ -208,17 +158,6 @@ class WorkerServer:
 
     # -- board
 
-    def _announce(self, client: BoardClient) -> list[bm.Address]:
-        hosts = list(self.config.announce)
-        if not hosts:
-            if self.config.listen_host not in ("0.0.0.0", "::", ""):
-                hosts = [self.config.listen_host]
-            else:
-                observed = client.welcome.observed
-                hosts = [observed.host] if observed else []
-                if "127.0.0.1" not in hosts:
-                    hosts.append("127.0.0.1")
-        return [bm.Address(h, self._port) for h in hosts]
 
     async def _register(self, client: BoardClient) -> None:
         self._board = client
@@ -243,60 +182,8 @@ class WorkerServer:
         # The DHT node starts once the board says whether it could dial us back
         # (board.reachability): serving when public, client mode behind a NAT.
 
-    def _on_reachability(self, msg: bm.Reachability) -> None:
-        client = self._board
-        if client is None or client.welcome.dht is None or self._nursery is None:
-            return
-        if self.public is msg.public and self._dht_scope is not None:
-            return
-        if self.public is not None and self.public != msg.public:
-            log.info("reachability changed: %s", "public" if msg.public else "behind NAT")
-        self.public = msg.public
-        if self._dht_scope is not None:
-            self._dht_scope.cancel()  # the other mode: start afresh
-        self._dht_scope = trio.CancelScope()
-        self._nursery.start_soon(self._run_dht, client, self._dht_scope, msg.public)
 
-    async def _run_dht(self, client: BoardClient, scope: trio.CancelScope, serve: bool) -> None:
-        """This worker's DHT node: bootstrapped from the board's, it publishes where the
-        worker listens (and the locations of the values it holds). It serves others only
-        when the board could reach us (``serve``); behind a NAT nobody could ask it."""
-        from ..dht import open_dht_node
 
-        dht = client.welcome.dht
-        local = local_address(client.channel.stream)
-        if dht is None or local is None:
-            return
-        with scope:
-            try:
-                async with open_dht_node(
-                    self.identity, local[0], 0, bootstrap=[(dht.host, dht.port)], serve=serve
-                ) as node:
-                    self.dht = node
-                    for oid, size in self.held.sizes():  # when the node was restarted
-                        self._background(node.publish_location(oid, size))
-                    await node.publish_peer(self._announce(client), client.welcome.observed)
-                    if self._on_published is not None:
-                        self._on_published(node.address)
-                        self._on_published = None
-                    await trio.sleep_forever()
-            except P2prtError as exc:
-                log.warning("no DHT node (peers will ask the board for our address): %s", exc)
-            finally:
-                if self._dht_scope is scope:
-                    self.dht = None
-
-    def _background(self, work: Awaitable[Any]) -> None:
-        """Best-effort DHT updates: logged, never fatal."""
-
-        async def run() -> None:
-            try:
-                await work
-            except P2prtError as exc:
-                log.info("DHT update failed: %s", exc)
-
-        if self._nursery is not None:
-            self._nursery.start_soon(run)
 
     async def _on_board_push(self, msg: Message) -> None:
         if isinstance(msg, bm.Reachability):
@@ -349,55 +236,11 @@ class WorkerServer:
             return "the lease was revoked"
         return None
 
-    async def _punch(self, msg: bm.PunchStart) -> None:
-        """A script behind a NAT punches through to us: connect to it from our listening
-        port at the same moment; the script runs the handshake as initiator."""
-        try:
-            tcp = await punch(self._port, msg.address.host, msg.address.port, delay=msg.delay)
-        except P2prtError as exc:
-            log.info("hole punch to %s:%d failed: %s", msg.address.host, msg.address.port, exc)
-            return
-        try:
-            with trio.fail_after(HANDSHAKE_TIMEOUT):
-                stream = await noise_accept(tcp, self.identity, authorize=_only(msg.client_peer_id))
-        except (P2prtError, trio.TooSlowError, trio.BrokenResourceError, OSError) as exc:
-            log.info("handshake over a punched connection failed: %r", exc)
-            await trio.aclose_forcefully(tcp)
-            return
-        await self._serve_indirect(stream, "punched")
 
-    async def _accept_relay(self, msg: bm.RelayIncoming) -> None:
-        """A script that cannot dial us waits on the board's relay: meet it there."""
-        client = self._board
-        relay = client.welcome.relay if client is not None else None
-        if client is None or relay is None:
-            return
-        host, _ = parse_board_address(self.config.board_address)
-        try:
-            stream = await open_relay(
-                host, relay.port, self.identity, msg.token,
-                board_peer_id=client.channel.peer.peer_id, authorize=_only(msg.client_peer_id), initiator=False,
-            )
-        except P2prtError as exc:
-            log.info("relayed connection failed: %s", exc)
-            return
-        await self._serve_indirect(stream, "relayed")
 
-    async def _serve_indirect(self, stream: NoiseStream, path: str) -> None:
-        """Serve a punched or relayed connection: like the listener does for direct ones,
-        whatever ends it ends only it."""
-        try:
-            with unwrap_single_group():
-                await self._serve_client(stream, path=path)
-        except (P2prtError, trio.BrokenResourceError, trio.ClosedResourceError, OSError) as exc:
-            log.info("%s connection with %s ended: %s", path, stream.peer, exc)
-        except Exception:
-            log.exception("%s connection with %s failed unexpectedly", path, stream.peer)
-        finally:
-            await trio.aclose_forcefully(stream)
 
     async def _serve_client(self, stream: NoiseStream, path: str = "direct") -> None:
-        conn = _ClientConn(
+        conn = ClientConn(
             MessageChannel(stream, max_attachment_bytes=DEFAULT_MAX_ATTACHMENT_BYTES, allocate=shared_memory),
             path=path,
         )
@@ -429,7 +272,7 @@ class WorkerServer:
             del old
 
 
-    def _on_client_message(self, conn: _ClientConn, stream: NoiseStream, msg: Message) -> None:
+    def _on_client_message(self, conn: ClientConn, stream: NoiseStream, msg: Message) -> None:
         if isinstance(msg, pm.DefineFunction) and not conn.leases:
             conn.enqueue(ErrorReply("NotMemberError", "present a lease ticket (Attach) before sending work", None))
             return
@@ -486,7 +329,7 @@ class WorkerServer:
         else:
             conn.enqueue(ErrorReply("BoardRequestError", f"unexpected message {type(msg).__name__}", None))
 
-    def _submit(self, conn: _ClientConn, specs: list[pm.TaskSpec]) -> None:
+    def _submit(self, conn: ClientConn, specs: list[pm.TaskSpec]) -> None:
         batch: list[ExecTask] = []
         refused: list[pm.TaskResult] = []
         for spec in specs:
@@ -522,7 +365,7 @@ class WorkerServer:
         if batch:
             self.pool.submit(batch)
 
-    def _next_of_lease(self, conn: _ClientConn, lease_id: str) -> None:
+    def _next_of_lease(self, conn: ClientConn, lease_id: str) -> None:
         if not conn.running.get(lease_id):
             return
         waiting = conn.held.get(lease_id)
@@ -532,7 +375,7 @@ class WorkerServer:
             conn.running.pop(lease_id, None)
 
     def _on_results(self, results: list[ExecResult]) -> None:
-        per_conn: dict[_ClientConn, list[pm.TaskResult]] = {}
+        per_conn: dict[ClientConn, list[pm.TaskResult]] = {}
         for r in results:
             name = self._task_names.pop(r.task_id, "")
             self._count(r, name)
@@ -576,111 +419,14 @@ class WorkerServer:
         if self._board is not None:
             self._board.done, self._board.failed = self.done, self.failed
 
-    def _report_paths(self) -> None:
-        """Tell the board how scripts reach us now (shown by ``p2prt status``)."""
-        board = self._board
-        if board is None:
-            return
-        paths: dict[str, int] = {}
-        for conn in self._clients.values():
-            paths[conn.path] = paths.get(conn.path, 0) + 1
-        if paths != board.paths:
-            board.paths = paths
-            self._background(board.heartbeat())
 
     # -- held values
 
-    def _count_traffic(self, peer: bytes, user: str, path: str, sent: int, received: int) -> None:
-        self.traffic.setdefault(peer, PeerTraffic(user)).add(path, sent, received)
 
-    def traffic_report(self) -> dict[str, Any]:
-        """Bytes exchanged per peer and path (live connections included), and the values
-        held here."""
-        peers = {str(PeerId(p)): t.as_dict() for p, t in self.traffic.items()}
-        for peer, conn in self._clients.items():
-            entry = peers.setdefault(str(PeerId(peer)), PeerTraffic(conn.channel.peer.user).as_dict())
-            stream = conn.channel.stream
-            entry["sent"][conn.path] = entry["sent"].get(conn.path, 0) + stream.bytes_sent
-            entry["received"][conn.path] = entry["received"].get(conn.path, 0) + stream.bytes_received
-        dht = {"address": list(self.dht.address)} if self.dht is not None else None
-        return {"peers": peers, "held": {"objects": len(self.held), "bytes": self.held.bytes_held}, "dht": dht}
 
-    async def _serve_fetch(self, conn: _ClientConn, stream: NoiseStream, msg: pm.FetchObjects) -> None:
-        """Values for their owner, or for a worker of this cluster running a task that
-        takes them as arguments."""
-        peer = bytes(stream.peer.peer_id)
-        owner_only = all((h := self.held.get(oid)) is None or h.owner == peer for oid in msg.object_ids)
-        if not owner_only and not await self._is_cluster_worker(peer):
-            conn.enqueue(
-                ErrorReply("NotMemberError", f"{stream.peer} is not a worker of {self.config.cluster}", msg.rid)
-            )
-            return
-        conn.enqueue(pm.FetchedObjects(msg.rid, [self.held.value(oid) for oid in msg.object_ids]))
 
-    async def _is_cluster_worker(self, peer: bytes) -> bool:
-        """Is ``peer`` a worker registered with our board for our cluster? Decided by its
-        peer id, which the handshake proved; the user name in a certificate is only a
-        claim (anyone can sign one that says "bob"). Asked of the board each time:
-        workers and members come and go."""
-        board = self._board
-        if board is None:
-            return False
-        try:
-            status = await board.call(lambda rid: bm.StatusRequest(rid, self.config.cluster))
-        except P2prtError:
-            return False
-        wanted = str(PeerId(peer))
-        return any(w.get("peer_id") == wanted for w in status.get("workers", []))
 
-    async def _addresses_of(self, peer: bytes, known: list[bm.Address]) -> list[bm.Address]:
-        """Where ``peer`` listens: its DHT record first (current), then ``known``."""
-        if self.dht is None:
-            return known
-        from ..dht import addresses_of
 
-        return (await addresses_of(self.dht, peer, known, timeout=DHT_LOOKUP_TIMEOUT))[0]
-
-    async def _fetch_then_submit(self, conn: _ClientConn, spec: pm.TaskSpec, task: ExecTask) -> None:
-        """Fetch the task's held arguments (from this worker or their holders), then run it."""
-        fetched: list[tuple[bytes, Any, list[Any]]] = []
-        by_holder: dict[bytes, list[pm.HeldArg]] = {}
-        for arg in spec.fetch:
-            local = self.held.get(arg.object_id)
-            if local is not None:
-                fetched.append((arg.object_id, local.data, local.buffers))
-            else:
-                by_holder.setdefault(arg.holder, []).append(arg)
-        lost: bytes | None = None
-        reason = ""
-        for holder, args in by_holder.items():
-            try:
-                values = await fetch_from(
-                    self.identity,
-                    holder,
-                    await self._addresses_of(holder, list(args[0].addresses)),
-                    [a.object_id for a in args],
-                    allocate=shared_memory,
-                    on_traffic=lambda p, path, s, r: self._count_traffic(p, "worker", path, s, r),
-                )
-            except P2prtError as exc:
-                lost, reason = args[0].object_id, f"its holder is unreachable: {exc}"
-                break
-            for value in values:
-                if value.status != "ok":
-                    lost, reason = value.object_id, value.message or "its holder no longer has it"
-                    break
-                fetched.append((value.object_id, value.data, list(value.buffers)))
-            if lost is not None:
-                break
-        if task.task_id not in conn.tasks:
-            return  # cancelled, or the client went away, meanwhile
-        if lost is not None:
-            self._owner.pop(task.task_id, None)
-            conn.tasks.pop(task.task_id, None)
-            conn.holds.pop(task.task_id, None)
-            conn.enqueue(pm.TaskResults([pm.TaskResult(spec.task_id, "lost", lost, [], f"an argument was lost: {reason}")]))
-            return
-        self.pool.submit([dataclasses.replace(task, fetched=tuple(fetched))])
 
     def _on_output(self, pool_id: int, stream: str, text: str) -> None:
         conn = self._owner.get(pool_id)
@@ -708,13 +454,3 @@ class WorkerServer:
             assert isinstance(reply, pm.NestedValues)
             return [(v.object_id, v.status, v.data, list(v.buffers), v.message) for v in reply.values]
         raise P2prtError(f"unknown nested request {kind!r}")
-
-
-def _only(peer_id: bytes) -> Callable[[PeerInfo], str | None]:
-    """An authorizer that accepts exactly the peer a punch or relay was set up for."""
-    expected = bytes(peer_id)
-
-    def authorize(peer: PeerInfo) -> str | None:
-        return None if bytes(peer.peer_id) == expected else "not the peer this connection was set up for"
-
-    return authorize
